@@ -1,0 +1,56 @@
+//! The i8042 keyboard controller, present only so that a guest `reboot` (command 0xFE on port
+//! 0x64) reaches the VMM, which ends the VM.
+
+use vm_superio::I8042Device;
+
+use crate::bus::BusDevice;
+use crate::EventFdTrigger;
+
+/// Port base of the controller (data 0x60, command/status 0x64).
+pub const I8042_PORT: u64 = 0x60;
+/// Ports covered from the base.
+pub const PORT_LEN: u64 = 5;
+
+/// The reset-only keyboard controller.
+pub struct ResetController(I8042Device<EventFdTrigger>);
+
+impl ResetController {
+    /// A controller that signals `reset` when the guest asks for a CPU reset.
+    pub fn new(reset: EventFdTrigger) -> Self {
+        Self(I8042Device::new(reset))
+    }
+}
+
+impl BusDevice for ResetController {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let ([byte], Ok(offset)) = (data, u8::try_from(offset)) {
+            *byte = self.0.read(offset);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let ([value], Ok(offset)) = (data, u8::try_from(offset)) {
+            if let Err(e) = self.0.write(offset, *value) {
+                tracing::error!("i8042 reset signal failed: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_command_signals_only_on_the_command_port() {
+        let reset = EventFdTrigger::new().unwrap();
+        let mut ctl = ResetController::new(reset.try_clone().unwrap());
+        ctl.write(0, &[0xfe]);
+        ctl.write(4, &[0xfe, 0]);
+        ctl.write(4, &[0xfd]);
+        assert!(reset.read().is_err(), "nothing but 0xfe on 0x64 may reset");
+        ctl.write(4, &[0xfe]);
+        assert_eq!(reset.read().unwrap(), 1);
+    }
+}

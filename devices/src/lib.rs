@@ -1,0 +1,15 @@
+//! Devices of the Veil VMM.
+//!
+//! Every device the guest can reach is attached to a [`bus::Bus`] (port I/O or MMIO) as a
+//! [`bus::BusDevice`]. The VMM's vCPU threads dispatch exits to the bus; devices that need to
+//! interrupt the guest get an [`EventFdTrigger`] whose event fd the VMM registers as a KVM irqfd.
+//!
+//! Guest-controlled input (register offsets, access sizes, values) is untrusted: devices bound
+//! every access and never panic on it.
+
+pub mod bus;
+pub mod i8042;
+pub mod serial;
+mod trigger;
+
+pub use trigger::EventFdTrigger;
