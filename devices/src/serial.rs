@@ -41,6 +41,11 @@ impl SerialConsole {
         }
     }
 
+    /// Flushes whatever the output writer buffers.
+    pub fn flush_output(&mut self) -> std::io::Result<()> {
+        self.uart.writer_mut().flush()
+    }
+
     /// Room left in the receive FIFO.
     pub fn input_capacity(&self) -> usize {
         self.uart.fifo_capacity()
@@ -105,8 +110,8 @@ mod tests {
     fn ignores_wide_and_out_of_range_accesses() {
         let sink = Sink::default();
         let mut serial = SerialConsole::new(EventFdTrigger::new().unwrap(), Box::new(sink.clone()));
-        serial.write(0, &[b'a', b'b']);
-        serial.write(9, &[b'c']);
+        serial.write(0, b"ab");
+        serial.write(9, b"c");
         assert!(sink.0.lock().unwrap().is_empty());
         let mut wide = [0u8; 4];
         serial.read(0, &mut wide);

@@ -1,1 +1,27 @@
-//! veil-vmm
+//! Veil's micro-VMM as a library.
+//!
+//! ```no_run
+//! use veil_vmm::{KernelSource, Vm, VmConfig};
+//!
+//! let mut config = VmConfig::new(KernelSource::Path("vmlinux".into()));
+//! config.cmdline = "console=ttyS0 reboot=k".into();
+//! let vm = Vm::new(config)?;
+//! let stop = vm.stop_handle(); // usable from any thread
+//! let outcome = vm.run()?;
+//! println!("guest ended: {}", outcome.exit);
+//! # Ok::<(), veil_vmm::VmError>(())
+//! ```
+
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod demo;
+mod event_loop;
+pub mod vcpu;
+pub mod vm;
+pub mod x86_64;
+
+pub use config::{Console, KernelSource, VmConfig};
+pub use vcpu::{RegisterDump, VmExit};
+pub use vm::{BootTimings, StopHandle, Vm, VmError, VmOutcome};
+pub use x86_64::cpu_template::CpuTemplate;

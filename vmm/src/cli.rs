@@ -1,0 +1,236 @@
+//! The `veil` command line: a thin layer over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DEFAULT_CMDLINE, DEFAULT_KVM_DEVICE, DEFAULT_MEM_MIB};
+use crate::{demo, Console, CpuTemplate, KernelSource, Vm, VmConfig, VmError, VmExit, VmOutcome};
+
+/// Veil: a micro-VMM that runs each pod in its own (SEV-SNP) virtual machine.
+#[derive(Debug, Parser)]
+#[command(name = "veil", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a Linux kernel (ELF vmlinux through PVH, or bzImage) and run it until it shuts down.
+    Run(RunArgs),
+    /// Boot the small built-in guest and report how long each stage of the boot took.
+    Demo(MachineArgs),
+}
+
+/// Options shared by every command that boots a VM.
+#[derive(Debug, Args)]
+pub struct MachineArgs {
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = DEFAULT_MEM_MIB, value_name = "N")]
+    pub mem_mib: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub vcpus: u32,
+    /// Where the serial console goes: `stdout`, `off`, or a file path (appended to).
+    #[arg(long, default_value = "stdout", value_name = "stdout|off|FILE")]
+    pub console: String,
+    /// CPU template applied to the guest's CPUID: `host` (default) or `soft-kvm` (hides what
+    /// software KVM backends cannot run: XSAVE/AVX, CX16, POPCNT, SMEP, SMAP).
+    #[arg(long, default_value = "host", value_name = "NAME")]
+    pub cpu_template: String,
+    /// The KVM device to use.
+    #[arg(long, default_value = DEFAULT_KVM_DEVICE, value_name = "PATH")]
+    pub kvm_device: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Guest kernel: an uncompressed ELF vmlinux or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk loaded at the top of low memory.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line, passed to the guest unchanged.
+    #[arg(long, default_value = DEFAULT_CMDLINE, value_name = "STR")]
+    pub cmdline: String,
+    #[command(flatten)]
+    pub machine: MachineArgs,
+}
+
+/// An error the CLI reports before or instead of running the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("unknown CPU template '{0}' (known: {known})", known = template_names())]
+    UnknownTemplate(String),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+}
+
+fn template_names() -> String {
+    CpuTemplate::ALL
+        .iter()
+        .map(|t| t.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl MachineArgs {
+    fn into_config(self, kernel: KernelSource) -> Result<VmConfig, CliError> {
+        let mut config = VmConfig::new(kernel);
+        config.mem_mib = self.mem_mib;
+        config.vcpus = self.vcpus;
+        config.console = match self.console.as_str() {
+            "stdout" => Console::Stdout,
+            "off" => Console::Off,
+            path => Console::File(path.into()),
+        };
+        config.cpu_template = CpuTemplate::by_name(&self.cpu_template)
+            .ok_or(CliError::UnknownTemplate(self.cpu_template))?;
+        config.kvm_device = self.kvm_device;
+        Ok(config)
+    }
+}
+
+/// Exit status for a VM that ended because of a guest crash or vCPU failure.
+const EXIT_GUEST_FAILED: u8 = 2;
+/// Exit status for errors before the guest ran (bad input, no KVM).
+const EXIT_VMM_ERROR: u8 = 1;
+
+/// Runs the CLI; `start` is when the process started, for the timings.
+pub fn main(cli: Cli, start: Instant) -> ExitCode {
+    let result = match cli.command {
+        Command::Run(args) => {
+            let kernel = KernelSource::Path(args.kernel);
+            args.machine.into_config(kernel).and_then(|mut config| {
+                config.cmdline = args.cmdline;
+                config.initrd = args.initrd;
+                boot(config, start)
+            })
+        }
+        Command::Demo(machine) => machine
+            .into_config(KernelSource::Flat64(demo::guest_code().to_vec()))
+            .and_then(|config| boot(config, start))
+            .inspect(print_demo_report),
+    };
+    match result {
+        Ok(outcome) => exit_status(&outcome.exit),
+        Err(e) => {
+            eprintln!("veil: error: {}", error_chain(&e));
+            ExitCode::from(EXIT_VMM_ERROR)
+        }
+    }
+}
+
+fn boot(config: VmConfig, start: Instant) -> Result<VmOutcome, CliError> {
+    let vm = Vm::with_start(config, start)?;
+    stop_on_signals(vm.stop_handle());
+    let outcome = vm.run()?;
+    if !outcome.exit.is_clean() {
+        eprintln!("veil: guest failed: {}", outcome.exit);
+    }
+    Ok(outcome)
+}
+
+fn exit_status(exit: &VmExit) -> ExitCode {
+    match exit {
+        VmExit::StopRequested => match signals::received() {
+            Some(signal) => ExitCode::from(128 + signal as u8),
+            None => ExitCode::SUCCESS,
+        },
+        e if e.is_clean() => ExitCode::SUCCESS,
+        _ => ExitCode::from(EXIT_GUEST_FAILED),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn print_demo_report(outcome: &VmOutcome) {
+    let t = &outcome.timings;
+    let optional = |d: Option<Duration>| d.map_or_else(|| "never".to_string(), ms);
+    println!("veil demo: guest ended: {}", outcome.exit);
+    println!("  process start -> VM created       {}", ms(t.vm_created));
+    println!(
+        "  process start -> first vCPU run   {}",
+        optional(t.first_vcpu_run)
+    );
+    println!(
+        "  process start -> first console    {}",
+        optional(t.first_console_output)
+    );
+    println!("  process start -> VM torn down     {}", ms(t.exited));
+}
+
+/// SIGINT, SIGTERM and SIGHUP stop the VM cleanly instead of killing the process mid-flight.
+fn stop_on_signals(stop: crate::StopHandle) {
+    if let Err(e) = signals::watch(move || stop.stop()) {
+        tracing::warn!("cannot watch termination signals: {e}");
+    }
+}
+
+mod signals {
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+    /// The termination signal that stopped the VM, if any.
+    pub fn received() -> Option<i32> {
+        match RECEIVED.load(Ordering::Acquire) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    fn termination_set() -> libc::sigset_t {
+        // SAFETY: sigemptyset/sigaddset only write the set we own.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::sigaddset(&mut set, s);
+            }
+            set
+        }
+    }
+
+    /// Blocks the termination signals in this thread (and so in the threads it spawns later)
+    /// and calls `on_signal` from a dedicated thread when one arrives.
+    pub fn watch(on_signal: impl Fn() + Send + 'static) -> std::io::Result<()> {
+        let set = termination_set();
+        // SAFETY: `set` is a valid, initialised signal set.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        std::thread::Builder::new()
+            .name("veil-signals".into())
+            .spawn(move || loop {
+                let mut signal = 0;
+                // SAFETY: `set` is valid and `signal` is a writable int.
+                if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+                    RECEIVED.store(signal, Ordering::Release);
+                    on_signal();
+                }
+            })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,386 @@
+//! A VM's lifecycle: build everything from a [`VmConfig`], run until the guest or the
+//! embedding program ends it, and tear everything down.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use veil_devices::bus::Bus;
+use veil_devices::i8042::{self, ResetController};
+use veil_devices::serial::{self, SerialConsole};
+use veil_devices::EventFdTrigger;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use crate::config::{ConfigError, Console, VmConfig};
+use crate::console::{self, ConsoleError};
+use crate::event_loop::{Control, StdinForwarder, Wake};
+use crate::vcpu::{self, ExitLatch, Vcpu, VcpuShared, VmExit};
+use crate::x86_64::boot::{self, BootError};
+use crate::x86_64::cpuid::vcpu_cpuid;
+use crate::x86_64::layout::{ram_regions, KVM_IDENTITY_MAP_START, KVM_TSS_START};
+use crate::x86_64::mptable::{self, MptableError};
+use crate::x86_64::regs::{self, RegsError};
+
+/// Errors while building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{path} does not exist: this host has no KVM (load the kvm_intel or kvm_amd module, or enable virtualization)")]
+    KvmMissing { path: PathBuf },
+    #[error("permission denied opening {path}: run as root or add the user to the group that owns it (usually `kvm`)")]
+    KvmPermission { path: PathBuf },
+    #[error("cannot open {path}: {source}")]
+    KvmOpen {
+        path: PathBuf,
+        source: kvm_ioctls::Error,
+    },
+    #[error("{requested} vCPUs requested, but KVM on this host supports at most {max} per VM")]
+    TooManyVcpus { requested: u32, max: u32 },
+    #[error("KVM refused to {action}: {source}")]
+    Kvm {
+        action: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot allocate {mib} MiB of guest memory: {reason}")]
+    GuestMemory { mib: u64, reason: String },
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Regs(#[from] RegsError),
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    #[error("cannot create an event fd or thread for the VM: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+    #[error("the event loop failed: {0:?}")]
+    EventLoop(event_manager::Error),
+}
+
+fn kvm_err(action: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { action, source }
+}
+
+/// When each stage of the VM's life was reached, measured from the start instant given to
+/// [`Vm::with_start`] (the process start for the `veil` binary).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BootTimings {
+    /// KVM VM, memory, kernel and vCPUs ready.
+    pub vm_created: Duration,
+    /// The boot vCPU's first KVM_RUN: the guest's first instruction follows immediately.
+    pub first_vcpu_run: Option<Duration>,
+    /// The guest's first console byte.
+    pub first_console_output: Option<Duration>,
+    /// All vCPU threads joined and the VM torn down.
+    pub exited: Duration,
+}
+
+/// How a VM ended and how long each stage took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmOutcome {
+    pub exit: VmExit,
+    pub timings: BootTimings,
+}
+
+/// Stops a running VM from any thread.
+#[derive(Clone)]
+pub struct StopHandle(Arc<EventFd>);
+
+impl StopHandle {
+    /// Asks the VM to stop; [`Vm::run`] returns [`VmExit::StopRequested`] soon after.
+    pub fn stop(&self) {
+        if let Err(e) = self.0.write(1) {
+            tracing::error!("cannot signal the VM to stop: {e}");
+        }
+    }
+}
+
+/// A VM ready to run.
+pub struct Vm {
+    // Field order is drop order: vCPUs before the VM fd, the VM fd before its memory.
+    vcpus: Vec<VcpuFd>,
+    vm_fd: VmFd,
+    memory: GuestMemoryMmap,
+    shared: Arc<VcpuShared>,
+    serial: Arc<Mutex<SerialConsole>>,
+    forward_stdin: bool,
+    reset: EventFdTrigger,
+    stop: Arc<EventFd>,
+    start: Instant,
+    vm_created: Instant,
+    first_console_byte: Arc<OnceLock<Instant>>,
+}
+
+impl Vm {
+    /// Builds a VM, timing from now.
+    pub fn new(config: VmConfig) -> Result<Self, VmError> {
+        Self::with_start(config, Instant::now())
+    }
+
+    /// Builds a VM, timing its stages from `start`.
+    pub fn with_start(config: VmConfig, start: Instant) -> Result<Self, VmError> {
+        config.validate()?;
+        let kvm = open_kvm(&config.kvm_device)?;
+        let max = kvm.get_max_vcpus() as u32;
+        if config.vcpus > max {
+            return Err(VmError::TooManyVcpus {
+                requested: config.vcpus,
+                max,
+            });
+        }
+        let vm_fd = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        vm_fd
+            .set_tss_address(KVM_TSS_START as usize)
+            .map_err(kvm_err("set the TSS address"))?;
+        vm_fd
+            .set_identity_map_address(KVM_IDENTITY_MAP_START)
+            .map_err(kvm_err("set the identity map address"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("create the in-kernel interrupt controller"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd
+            .create_pit2(pit)
+            .map_err(kvm_err("create the in-kernel PIT"))?;
+
+        let mem_bytes = config.mem_bytes();
+        let memory = create_memory(&vm_fd, config.mem_mib)?;
+        let kernel = boot::load_kernel(&memory, &config.kernel, mem_bytes)?;
+        let initrd = match &config.initrd {
+            Some(path) => Some(boot::load_initrd(&memory, path, &kernel, mem_bytes)?),
+            None => None,
+        };
+        boot::write_boot_params(&memory, &kernel, &config.cmdline, initrd, mem_bytes)?;
+        regs::write_boot_tables(&memory)?;
+        mptable::write_mptable(&memory, config.vcpus)?;
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("report its supported CPUID"))?;
+        let msrs = regs::boot_msrs();
+        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
+        for id in 0..config.vcpus {
+            let vcpu = vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("create a vCPU"))?;
+            let cpuid = vcpu_cpuid(&supported, id, config.vcpus, config.cpu_template);
+            vcpu.set_cpuid2(&cpuid)
+                .map_err(kvm_err("set the vCPU's CPUID"))?;
+            regs::set_msrs(&vcpu, &msrs)?;
+            vcpu.set_fpu(&regs::boot_fpu())
+                .map_err(kvm_err("set the vCPU's FPU state"))?;
+            regs::set_lint(&vcpu)?;
+            if id == 0 {
+                regs::setup_boot_vcpu(&vcpu, kernel.entry)?;
+            }
+            vcpus.push(vcpu);
+        }
+
+        let first_console_byte = Arc::new(OnceLock::new());
+        let forward_stdin = matches!(config.console, Console::Stdout);
+        let out = console::open(config.console, first_console_byte.clone())?;
+        let serial_irq = EventFdTrigger::new()?;
+        vm_fd
+            .register_irqfd(&serial_irq, serial::COM1_IRQ)
+            .map_err(kvm_err("register the serial IRQ"))?;
+        let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, Box::new(out))));
+        let reset = EventFdTrigger::new()?;
+        let mut pio = Bus::new();
+        pio.insert(serial.clone(), serial::COM1_PORT, serial::PORT_LEN)
+            .expect("empty bus");
+        let i8042 = Arc::new(Mutex::new(ResetController::new(reset.try_clone()?)));
+        pio.insert(i8042, i8042::I8042_PORT, i8042::PORT_LEN)
+            .expect("disjoint from COM1");
+
+        let shared = Arc::new(VcpuShared {
+            pio,
+            mmio: Bus::new(),
+            exit: ExitLatch::new()?,
+            stopping: AtomicBool::new(false),
+            first_run: OnceLock::new(),
+        });
+        Ok(Self {
+            vcpus,
+            vm_fd,
+            memory,
+            shared,
+            serial,
+            forward_stdin,
+            reset,
+            stop: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
+            start,
+            vm_created: Instant::now(),
+            first_console_byte,
+        })
+    }
+
+    /// A handle that stops the VM from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.stop.clone())
+    }
+
+    /// Guest memory, for embedding programs that inspect or prepare it.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The KVM VM, for registering further devices.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm_fd
+    }
+
+    /// Runs the guest until it resets or powers off, a vCPU fails, or [`StopHandle::stop`]
+    /// is called. All vCPU threads are joined before this returns.
+    pub fn run(mut self) -> Result<VmOutcome, VmError> {
+        vcpu::install_kick_handler().map_err(VmError::Signal)?;
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for (id, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
+            let vcpu = Vcpu {
+                id: id as u32,
+                fd,
+                shared: self.shared.clone(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("veil-vcpu{id}"))
+                .spawn(move || vcpu.run());
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    self.stop_vcpus(threads);
+                    return Err(VmError::Io(e));
+                }
+            }
+        }
+        let result = self.event_loop();
+        self.stop_vcpus(threads);
+        let wake = result?;
+        let exit = match wake {
+            Wake::Reset => VmExit::GuestReset,
+            Wake::Stop => VmExit::StopRequested,
+            Wake::VcpuExit => self.shared.exit.take().unwrap_or(VmExit::StopRequested),
+        };
+        let since = |t: Instant| t.saturating_duration_since(self.start);
+        Ok(VmOutcome {
+            exit,
+            timings: BootTimings {
+                vm_created: since(self.vm_created),
+                first_vcpu_run: self.shared.first_run.get().copied().map(since),
+                first_console_output: self.first_console_byte.get().copied().map(since),
+                exited: since(Instant::now()),
+            },
+        })
+    }
+
+    fn event_loop(&self) -> Result<Wake, VmError> {
+        let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+            .map_err(VmError::EventLoop)?;
+        let control = Arc::new(Mutex::new(Control::new(vec![
+            (self.shared.exit.event.try_clone()?, Wake::VcpuExit),
+            (EventFd::try_clone(&self.reset)?, Wake::Reset),
+            (self.stop.try_clone()?, Wake::Stop),
+        ])));
+        manager.add_subscriber(control.clone());
+        let stdin = if self.forward_stdin {
+            let forwarder = Arc::new(Mutex::new(StdinForwarder::new(self.serial.clone())?));
+            manager.add_subscriber(forwarder.clone());
+            Some(forwarder)
+        } else {
+            None
+        };
+        loop {
+            let waiting = stdin.as_ref().is_some_and(|f| lock(f).waiting_for_room());
+            manager
+                .run_with_timeout(if waiting { 10 } else { -1 })
+                .map_err(VmError::EventLoop)?;
+            if let Some(wake) = lock(&control).woken {
+                return Ok(wake);
+            }
+            if let Some(f) = stdin.as_ref().filter(|f| lock(f).waiting_for_room()) {
+                lock(f).poll_room();
+            }
+        }
+    }
+
+    /// Tells every vCPU thread to stop, kicks them out of KVM_RUN until they do, and joins
+    /// them. A kick can land just before a thread enters KVM_RUN, hence the repetition.
+    fn stop_vcpus(&self, threads: Vec<JoinHandle<VcpuFd>>) {
+        self.shared.stopping.store(true, Ordering::Release);
+        while threads.iter().any(|t| !t.is_finished()) {
+            for t in threads.iter().filter(|t| !t.is_finished()) {
+                let _ = t.kill(vcpu::kick_signal());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("a vCPU thread panicked");
+            }
+        }
+        let mut serial = lock(&self.serial);
+        let _ = serial.flush_output();
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn open_kvm(path: &std::path::Path) -> Result<Kvm, VmError> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        VmError::KvmMissing {
+            path: path.to_owned(),
+        }
+    })?;
+    Kvm::new_with_path(c_path).map_err(|source| match source.errno() {
+        libc::ENOENT => VmError::KvmMissing {
+            path: path.to_owned(),
+        },
+        libc::EACCES | libc::EPERM => VmError::KvmPermission {
+            path: path.to_owned(),
+        },
+        _ => VmError::KvmOpen {
+            path: path.to_owned(),
+            source,
+        },
+    })
+}
+
+fn create_memory(vm_fd: &VmFd, mib: u64) -> Result<GuestMemoryMmap, VmError> {
+    let ranges: Vec<(GuestAddress, usize)> = ram_regions(mib << 20)
+        .into_iter()
+        .map(|(start, len)| (GuestAddress(start), len as usize))
+        .collect();
+    let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::GuestMemory {
+        mib,
+        reason: e.to_string(),
+    })?;
+    for (slot, region) in memory.iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the mapping is owned by `memory`, which the Vm keeps alive (and drops after
+        // the VM fd), so the host range stays valid for as long as KVM may access it.
+        unsafe { vm_fd.set_user_memory_region(region_desc) }
+            .map_err(kvm_err("map guest memory"))?;
+    }
+    Ok(memory)
+}
