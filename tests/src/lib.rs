@@ -1,1 +1,54 @@
-//! placeholder
+//! Test support shared by Veil's integration tests: the freestanding test guests (built by
+//! this crate's build script) and the project's guest kernel.
+//!
+//! The tests themselves live next to what they test: `vmm/tests/` drives the `veil` binary
+//! (Cargo only hands a package's own integration tests the path of its binaries), and this
+//! crate's `tests/` drives the library API.
+
+use std::path::{Path, PathBuf};
+
+/// A freestanding test guest.
+#[derive(Debug, Clone, Copy)]
+pub enum Guest {
+    /// Prints its CPU mode, command line, e820 map, CPUID topology and MP table CPU count.
+    BootInfo,
+    /// Starts every application processor with INIT-SIPI-SIPI and reports which ones ran.
+    Smp,
+    /// Executes `ud2` with no IDT: the vCPU cannot continue.
+    Crash,
+    /// Prints one line, then halts with interrupts off forever.
+    Idle,
+}
+
+impl Guest {
+    /// The guest's ELF file.
+    pub fn path(self) -> &'static Path {
+        Path::new(match self {
+            Guest::BootInfo => env!("VEIL_GUEST_BOOT_INFO"),
+            Guest::Smp => env!("VEIL_GUEST_SMP"),
+            Guest::Crash => env!("VEIL_GUEST_CRASH"),
+            Guest::Idle => env!("VEIL_GUEST_IDLE"),
+        })
+    }
+}
+
+/// The project's guest kernel directory (`target/guest-kernel`, built by
+/// `guest/build-kernel.sh`), or `VEIL_GUEST_KERNEL_DIR` when set.
+pub fn guest_kernel_dir() -> PathBuf {
+    match std::env::var_os("VEIL_GUEST_KERNEL_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest-kernel"),
+    }
+}
+
+/// A file of the guest kernel build (`vmlinux` or `bzImage`). Panics with the command that
+/// builds it when it is missing: these tests run everywhere, the kernel just has to be built.
+pub fn guest_kernel(file: &str) -> PathBuf {
+    let path = guest_kernel_dir().join(file);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the guest kernel with guest/build-kernel.sh (see README)",
+        path.display()
+    );
+    path
+}

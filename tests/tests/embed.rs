@@ -1,0 +1,106 @@
+//! The VMM used as a library, the way the shim embeds it: console captured through a
+//! writer, the VM stopped from another thread, nothing left running afterwards.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use veil_tests::Guest;
+use veil_vmm::{Console, KernelSource, Vm, VmConfig, VmExit};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// The tests count this process's threads and fds: run them one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn threads_of_this_process() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+#[test]
+fn stop_handle_ends_a_running_vm_and_joins_its_threads() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let before = threads_of_this_process();
+    let capture = Capture::default();
+    let mut config = VmConfig::new(KernelSource::Path(Guest::Idle.path().into()));
+    config.vcpus = 2;
+    config.console = Console::Writer(Box::new(capture.clone()));
+    let vm = Vm::new(config).unwrap();
+    let stop = vm.stop_handle();
+    let watcher_capture = capture.clone();
+    let watcher = std::thread::spawn(move || {
+        // Stop only once the guest is demonstrably running.
+        while !watcher_capture.text().contains('\n') {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.stop();
+    });
+    let outcome = vm.run().unwrap();
+    watcher.join().unwrap();
+    assert_eq!(outcome.exit, VmExit::StopRequested);
+    assert_eq!(capture.text(), "veil-test-guest idle\n");
+    let t = outcome.timings;
+    assert!(t.vm_created <= t.first_vcpu_run.unwrap());
+    assert!(t.first_vcpu_run.unwrap() <= t.first_console_output.unwrap());
+    assert!(t.first_console_output.unwrap() <= t.exited);
+    assert_eq!(
+        threads_of_this_process(),
+        before,
+        "vCPU threads outlived the VM"
+    );
+}
+
+#[test]
+fn guest_reset_ends_run_with_its_output_captured() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let capture = Capture::default();
+    let mut config = VmConfig::new(KernelSource::Path(Guest::BootInfo.path().into()));
+    config.cmdline = "embedded=yes".into();
+    config.console = Console::Writer(Box::new(capture.clone()));
+    let outcome = Vm::new(config).unwrap().run().unwrap();
+    assert_eq!(outcome.exit, VmExit::GuestReset);
+    assert!(outcome.exit.is_clean());
+    assert!(
+        capture.text().contains("cmdline=[embedded=yes]\n"),
+        "{}",
+        capture.text()
+    );
+}
+
+#[test]
+fn many_vms_in_one_process_leak_no_file_descriptors() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    // The first VM installs process-wide state (the kick signal handler); count after it.
+    let boot = || {
+        let mut config = VmConfig::new(KernelSource::Path(Guest::BootInfo.path().into()));
+        config.console = Console::Off;
+        assert_eq!(
+            Vm::new(config).unwrap().run().unwrap().exit,
+            VmExit::GuestReset
+        );
+    };
+    boot();
+    let before = fds();
+    for _ in 0..5 {
+        boot();
+    }
+    assert_eq!(fds(), before);
+}

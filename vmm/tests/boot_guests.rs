@@ -1,0 +1,184 @@
+//! Boots the freestanding test guests under real KVM through the `veil` binary and checks
+//! the machine state they report over the serial console.
+
+mod common;
+
+use common::{stderr, stdout, veil};
+use veil_tests::Guest;
+
+/// Parses the guest's `e820 ADDR SIZE TYPE` lines.
+fn e820(out: &str) -> Vec<(u64, u64, u32)> {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+    out.lines()
+        .filter_map(|l| l.strip_prefix("e820 "))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (hex(f[0]), hex(f[1]), f[2].parse().unwrap())
+        })
+        .collect()
+}
+
+fn boot_info(args: &[&str]) -> String {
+    let guest = Guest::BootInfo.path().to_str().unwrap();
+    let mut all = vec!["run", "--kernel", guest];
+    all.extend_from_slice(args);
+    let out = veil(&all);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.ends_with("done\n"), "guest did not finish: {text}");
+    text
+}
+
+#[test]
+fn guest_runs_in_long_mode_with_the_given_command_line() {
+    let cmdline = "console=ttyS0 veil.test=\"quoted value\" x=1";
+    let out = boot_info(&["--cmdline", cmdline, "--mem-mib", "64"]);
+    assert!(out.contains("long_mode=1"), "{out}");
+    // CS is the 64-bit boot code selector Linux's boot protocol asks for.
+    assert!(out.contains(" cs=0x10"), "{out}");
+    assert!(out.contains("boot_params=0x7000\n"), "{out}");
+    assert!(out.contains(&format!("cmdline=[{cmdline}]\n")), "{out}");
+    assert!(
+        out.contains("cpuid1 apic_id=0 logical=1 hypervisor=1\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn e820_usable_ram_ends_at_the_requested_size() {
+    for mib in [16u64, 200] {
+        let out = boot_info(&["--mem-mib", &mib.to_string()]);
+        let map = e820(&out);
+        let usable: Vec<_> = map.iter().filter(|e| e.2 == 1).collect();
+        let top = usable.iter().map(|e| e.0 + e.1).max().unwrap();
+        assert_eq!(top, mib << 20, "{out}");
+        // Usable RAM is all of it but the EBDA and the 640 KiB - 1 MiB hole.
+        let total: u64 = usable.iter().map(|e| e.1).sum();
+        assert_eq!(total, (mib << 20) - (0x10_0000 - 0x9fc00), "{out}");
+    }
+}
+
+#[test]
+fn memory_above_the_mmio_gap_continues_at_4g() {
+    let out = boot_info(&["--mem-mib", "4096"]);
+    let map = e820(&out);
+    let high = map
+        .iter()
+        .find(|e| e.0 == 1 << 32)
+        .expect("a region at 4 GiB");
+    let low_top = map
+        .iter()
+        .filter(|e| e.2 == 1 && e.0 < 1 << 32)
+        .map(|e| e.0 + e.1)
+        .max()
+        .unwrap();
+    assert_eq!(high.1 + low_top, 4096 << 20, "{out}");
+    assert!(low_top <= 0xd000_0000, "{out}");
+}
+
+#[test]
+fn every_vcpu_is_announced_and_runs() {
+    let out = boot_info(&["--vcpus", "3"]);
+    assert!(out.contains("mptable_cpus=3\n"), "{out}");
+    assert!(out.contains("logical=3"), "{out}");
+
+    let guest = Guest::Smp.path().to_str().unwrap();
+    let out = veil(&["run", "--kernel", guest, "--vcpus", "2"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("cpus=2\n"), "{text}");
+    assert!(text.contains("cpu 0 running\n"), "{text}");
+    assert!(text.contains("cpu 1 running\n"), "{text}");
+    assert!(!text.contains("silent"), "{text}");
+}
+
+#[test]
+fn a_crashing_guest_is_reported_with_its_registers() {
+    let guest = Guest::Crash.path().to_str().unwrap();
+    let out = veil(&["run", "--kernel", guest]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(
+        stdout(&out).contains("veil-test-guest crash"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!stdout(&out).contains("survived"));
+    assert!(err.contains("veil: guest failed: vCPU 0"), "{err}");
+    // The faulting instruction is in the guest's code, just above 1 MiB.
+    let rip = err
+        .split("rip=0x")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("rip in report");
+    let rip = u64::from_str_radix(rip, 16).unwrap();
+    assert!((0x10_0000..0x10_1000).contains(&rip), "{err}");
+}
+
+#[test]
+fn console_can_go_to_a_file_or_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("console.log");
+    let guest = Guest::BootInfo.path().to_str().unwrap();
+    let out = veil(&["run", "--kernel", guest, "--console", log.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert!(std::fs::read_to_string(&log).unwrap().ends_with("done\n"));
+
+    let out = veil(&["run", "--kernel", guest, "--console", "off"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn demo_boots_the_built_in_guest_and_reports_timings() {
+    let out = veil(&["demo"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!("{}\n", veil_vmm::demo::DEMO_GREETING)),
+        "{text}"
+    );
+    assert!(
+        text.contains("guest ended: guest reset through the i8042 controller"),
+        "{text}"
+    );
+    for stage in [
+        "VM created",
+        "first vCPU run",
+        "first console",
+        "VM torn down",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(stage))
+            .unwrap_or_else(|| panic!("no {stage}: {text}"));
+        assert!(line.ends_with(" ms"), "{line}");
+    }
+}
+
+#[test]
+fn sigterm_stops_a_running_vm_cleanly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let guest = Guest::Idle.path().to_str().unwrap();
+    let mut child = Command::new(common::VEIL)
+        .args(["run", "--kernel", guest, "--vcpus", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "veil-test-guest idle\n");
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGTERM),
+        "killed by signal instead of stopping: {status:?}"
+    );
+}
