@@ -147,7 +147,8 @@ fn no_permission_on_kvm() {
         let dir = tempfile::tempdir().unwrap();
         let locked = dir.path().join("kvm");
         std::fs::write(&locked, b"").unwrap();
-        std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0)).unwrap();
+        std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+            .unwrap();
         veil(&[
             "run",
             "--kernel",
