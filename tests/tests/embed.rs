@@ -60,10 +60,11 @@ fn stop_handle_ends_a_running_vm_and_joins_its_threads() {
     assert!(t.vm_created <= t.first_vcpu_run.unwrap());
     assert!(t.first_vcpu_run.unwrap() <= t.first_console_output.unwrap());
     assert!(t.first_console_output.unwrap() <= t.exited);
-    assert_eq!(
-        threads_of_this_process(),
-        before,
-        "vCPU threads outlived the VM"
+    // Other test threads of this harness may end meanwhile, never start: any growth is ours.
+    let after = threads_of_this_process();
+    assert!(
+        after <= before,
+        "vCPU threads outlived the VM: {before} threads before, {after} after"
     );
 }
 
