@@ -7,9 +7,11 @@
 //! Guest-controlled input (register offsets, access sizes, values) is untrusted: devices bound
 //! every access and never panic on it.
 
+pub mod boot_timer;
 pub mod bus;
 pub mod i8042;
 pub mod serial;
 mod trigger;
+pub mod virtio;
 
 pub use trigger::EventFdTrigger;
