@@ -92,7 +92,11 @@ mod tests {
         timer.write(0, &[122]);
         timer.write(4, &[123]);
         timer.write(0, &[123, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(handle.get(), None, "wrong value, offset or width must not count");
+        assert_eq!(
+            handle.get(),
+            None,
+            "wrong value, offset or width must not count"
+        );
 
         let before = start.elapsed();
         timer.write(0, &123u32.to_le_bytes());

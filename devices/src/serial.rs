@@ -105,8 +105,8 @@ mod tests {
     fn ignores_wide_and_out_of_range_accesses() {
         let sink = Sink::default();
         let mut serial = SerialConsole::new(EventFdTrigger::new().unwrap(), Box::new(sink.clone()));
-        serial.write(0, &[b'a', b'b']);
-        serial.write(9, &[b'c']);
+        serial.write(0, b"ab");
+        serial.write(9, b"c");
         assert!(sink.0.lock().unwrap().is_empty());
         let mut wide = [0u8; 4];
         serial.read(0, &mut wide);

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{status, ActivateContext, GuestMemory, VirtioDevice, VirtioInterrupt};
 use super::VIRTIO_F_VERSION_1;
+use super::{status, ActivateContext, GuestMemory, VirtioDevice, VirtioInterrupt};
 use crate::bus::BusDevice;
 use crate::EventFdTrigger;
 
@@ -217,14 +217,21 @@ impl<D: VirtioDevice> MmioTransport<D> {
             | reg::QUEUE_DRIVER_HIGH
             | reg::QUEUE_DEVICE_LOW
             | reg::QUEUE_DEVICE_HIGH => self.write_queue_register(offset, value),
-            _ => tracing::debug!(offset, value, "write to unknown or read-only virtio-mmio register"),
+            _ => tracing::debug!(
+                offset,
+                value,
+                "write to unknown or read-only virtio-mmio register"
+            ),
         }
     }
 
     fn write_driver_features(&mut self, value: u32) {
         // Features are negotiable only between DRIVER and FEATURES_OK.
         if self.status & (status::DRIVER | status::FEATURES_OK) != status::DRIVER {
-            tracing::warn!(status = self.status, "driver features written outside negotiation");
+            tracing::warn!(
+                status = self.status,
+                "driver features written outside negotiation"
+            );
             return;
         }
         let shift = match self.driver_features_sel {
@@ -244,7 +251,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
         if self.status & (status::FEATURES_OK | status::DRIVER_OK | status::FAILED)
             != status::FEATURES_OK
         {
-            tracing::warn!(offset, status = self.status, "queue register written out of order");
+            tracing::warn!(
+                offset,
+                status = self.status,
+                "queue register written out of order"
+            );
             return;
         }
         let Some(q) = self.selected_queue() else {
@@ -287,7 +298,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
         // The driver may only add bits (virtio 1.2, 2.1.2).
         if value & self.status != self.status {
-            tracing::warn!(old = self.status, new = value, "driver cleared device status bits");
+            tracing::warn!(
+                old = self.status,
+                new = value,
+                "driver cleared device status bits"
+            );
             return;
         }
         let added = value & !self.status;
@@ -325,9 +340,21 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 .try_set_size(cfg.size)
                 .map_err(|e| format!("queue {index} size {}: {e}", cfg.size))?;
             for (what, addr, result) in [
-                ("descriptor table", cfg.desc, queue.try_set_desc_table_address(vm_memory::GuestAddress(cfg.desc))),
-                ("available ring", cfg.avail, queue.try_set_avail_ring_address(vm_memory::GuestAddress(cfg.avail))),
-                ("used ring", cfg.used, queue.try_set_used_ring_address(vm_memory::GuestAddress(cfg.used))),
+                (
+                    "descriptor table",
+                    cfg.desc,
+                    queue.try_set_desc_table_address(vm_memory::GuestAddress(cfg.desc)),
+                ),
+                (
+                    "available ring",
+                    cfg.avail,
+                    queue.try_set_avail_ring_address(vm_memory::GuestAddress(cfg.avail)),
+                ),
+                (
+                    "used ring",
+                    cfg.used,
+                    queue.try_set_used_ring_address(vm_memory::GuestAddress(cfg.used)),
+                ),
             ] {
                 result.map_err(|e| format!("queue {index} {what} at {addr:#x}: {e}"))?;
             }
@@ -394,7 +421,11 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
         let len = data.len();
         match <&mut [u8; 4]>::try_from(data) {
             Ok(bytes) if offset % 4 == 0 => *bytes = self.read_register(offset).to_le_bytes(),
-            _ => tracing::warn!(offset, len, "unaligned or non 32-bit virtio-mmio register read"),
+            _ => tracing::warn!(
+                offset,
+                len,
+                "unaligned or non 32-bit virtio-mmio register read"
+            ),
         }
     }
 

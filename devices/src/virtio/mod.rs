@@ -18,8 +18,8 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use event_manager::EventSet;
-use vm_memory::GuestMemoryMmap;
 use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
 
 pub use interrupt::VirtioInterrupt;
 pub use mmio::{kernel_cmdline_arg, MmioTransport, QueueNotifier, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
@@ -83,7 +83,11 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device configuration space; read-only by default.
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        tracing::debug!(offset, len = data.len(), "ignored write to read-only virtio config");
+        tracing::debug!(
+            offset,
+            len = data.len(),
+            "ignored write to read-only virtio config"
+        );
     }
     /// Starts the device with its queues.
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;

@@ -23,10 +23,18 @@ pub struct Buf {
 }
 
 pub fn r(addr: u64, len: u32) -> Buf {
-    Buf { addr, len, write: false }
+    Buf {
+        addr,
+        len,
+        write: false,
+    }
 }
 pub fn w(addr: u64, len: u32) -> Buf {
-    Buf { addr, len, write: true }
+    Buf {
+        addr,
+        len,
+        write: true,
+    }
 }
 
 /// The driver's view of a split virtqueue laid out at `base`.

@@ -130,7 +130,11 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let ro = if self.disk.read_only { VIRTIO_BLK_F_RO } else { 0 };
+        let ro = if self.disk.read_only {
+            VIRTIO_BLK_F_RO
+        } else {
+            0
+        };
         VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | ro
     }
 

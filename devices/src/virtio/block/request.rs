@@ -47,7 +47,11 @@ pub(crate) enum RequestError {
     #[error("data length {0} is not a multiple of 512")]
     UnalignedLength(usize),
     #[error("sectors {sector}+{len} bytes run past the disk's {sectors} sectors")]
-    OutOfBounds { sector: u64, len: usize, sectors: u64 },
+    OutOfBounds {
+        sector: u64,
+        len: usize,
+        sectors: u64,
+    },
     #[error("write to a read-only disk")]
     ReadOnly,
     #[error("no backing file attached")]
@@ -70,7 +74,11 @@ impl RequestError {
 /// Executes the request in `chain`; returns the number of bytes written into guest buffers
 /// (the used length). A chain the device cannot even answer (no writable status byte, or a
 /// buffer outside guest memory on the writable side) is returned with length 0.
-pub(crate) fn execute(disk: &mut Disk, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> u32 {
+pub(crate) fn execute(
+    disk: &mut Disk,
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+) -> u32 {
     let head = chain.head_index();
     let mut writer = match Writer::new(mem, chain.clone()) {
         Ok(writer) => writer,
@@ -190,7 +198,12 @@ fn read_disk(file: &File, mut pos: u64, len: usize, out: &mut Writer) -> Result<
     Ok(())
 }
 
-fn write_disk(file: &File, mut pos: u64, len: usize, input: &mut Reader) -> Result<(), RequestError> {
+fn write_disk(
+    file: &File,
+    mut pos: u64,
+    len: usize,
+    input: &mut Reader,
+) -> Result<(), RequestError> {
     let mut buf = vec![0u8; len.min(CHUNK)];
     let mut left = len;
     while left > 0 {
