@@ -105,6 +105,9 @@ pub trait VirtioDevice: Send {
     fn take_fd_changes(&mut self) -> Vec<FdInterest> {
         Vec::new()
     }
+    /// Called once the changes from [`VirtioDevice::take_fd_changes`] reached the event
+    /// loop: fds removed there may now be closed.
+    fn fd_changes_applied(&mut self) {}
 }
 
 /// Why a device could not start.

@@ -76,5 +76,6 @@ impl<D: VirtioDevice> MutEventSubscriber for VirtioSubscriber<D> {
         }
         let changes = transport.device_mut().take_fd_changes();
         apply_fd_changes(ops, changes);
+        transport.device_mut().fd_changes_applied();
     }
 }

@@ -73,10 +73,9 @@ pub struct HybridBackend {
     /// Connections whose host socket may have data for the guest.
     ready: VecDeque<ConnKey>,
     fd_changes: Vec<FdInterest>,
-    /// Sockets closed this round: kept open until their `Remove` reached the event loop, so
-    /// their fd numbers cannot be reused under it.
+    /// Closed sockets still registered with the event loop: kept open until their `Remove`
+    /// reached it, so that their fd numbers cannot be reused under it.
     closing: Vec<UnixStream>,
-    closed: Vec<UnixStream>,
 }
 
 impl HybridBackend {
@@ -111,7 +110,6 @@ impl HybridBackend {
             ready: VecDeque::new(),
             fd_changes: Vec::new(),
             closing: Vec::new(),
-            closed: Vec::new(),
         })
     }
 
@@ -138,10 +136,14 @@ impl HybridBackend {
         !self.control.is_empty() || !self.ready.is_empty()
     }
 
-    /// Fd registration changes for the event loop; see `closing` for why closes are delayed.
+    /// Fd registration changes for the event loop.
     pub fn take_fd_changes(&mut self) -> Vec<FdInterest> {
-        self.closed = std::mem::take(&mut self.closing);
         std::mem::take(&mut self.fd_changes)
+    }
+
+    /// The event loop applied the changes: sockets removed from it can be closed.
+    pub fn fd_changes_applied(&mut self) {
+        self.closing.clear();
     }
 
     /// Drops every connection (device reset): host sockets are closed.
@@ -235,7 +237,8 @@ impl HybridBackend {
                     local_port,
                     peer_port: port,
                 };
-                self.control.push_back(conn.header(self.guest_cid, OP_REQUEST));
+                self.control
+                    .push_back(conn.header(self.guest_cid, OP_REQUEST));
                 self.by_fd.insert(fd, key);
                 self.conns.insert(key, conn);
                 tracing::debug!(port, local_port, "host-initiated vsock connection");
@@ -254,7 +257,10 @@ impl HybridBackend {
     fn allocate_local_port(&mut self) -> u32 {
         loop {
             let port = self.next_local_port;
-            self.next_local_port = self.next_local_port.checked_add(1).unwrap_or(FIRST_LOCAL_PORT);
+            self.next_local_port = self
+                .next_local_port
+                .checked_add(1)
+                .unwrap_or(FIRST_LOCAL_PORT);
             // At most MAX_CONNECTIONS ports are taken, so this ends quickly.
             if !self.conns.keys().any(|k| k.local_port == port) {
                 return port;
@@ -266,7 +272,8 @@ impl HybridBackend {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        if events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
+        if events
+            .intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
         {
             conn.readable = true;
             self.mark_ready(key);
@@ -420,7 +427,10 @@ impl HybridBackend {
 
     fn guest_connect(&mut self, hdr: &Header, now: Instant) {
         if self.conns.len() >= MAX_CONNECTIONS {
-            tracing::warn!(port = hdr.dst_port, "vsock guest connect refused: too many connections");
+            tracing::warn!(
+                port = hdr.dst_port,
+                "vsock guest connect refused: too many connections"
+            );
             return self.reply_rst(hdr);
         }
         let mut path = OsString::from(self.uds_path.as_os_str());
@@ -442,7 +452,8 @@ impl HybridBackend {
         let fd = stream.as_raw_fd();
         let mut conn = Connection::new(stream, State::Established, key.local_port, key.peer_port);
         conn.update_peer_credit(hdr);
-        self.control.push_back(conn.header(self.guest_cid, OP_RESPONSE));
+        self.control
+            .push_back(conn.header(self.guest_cid, OP_RESPONSE));
         self.by_fd.insert(fd, key);
         self.conns.insert(key, conn);
         self.sync_interest(key);
@@ -476,8 +487,8 @@ impl HybridBackend {
             self.by_fd.remove(&fd);
             if conn.registered.is_some() {
                 self.fd_changes.push(FdInterest::Remove(fd));
+                self.closing.push(conn.stream);
             }
-            self.closing.push(conn.stream);
         }
         self.ready.retain(|k| *k != key);
     }
@@ -508,7 +519,12 @@ impl HybridBackend {
     // ---- packets to the guest ----
 
     /// The next packet for the guest, its payload (at most `room` bytes) in `payload`.
-    pub fn next_rx_packet(&mut self, room: usize, payload: &mut Vec<u8>, now: Instant) -> Option<Header> {
+    pub fn next_rx_packet(
+        &mut self,
+        room: usize,
+        payload: &mut Vec<u8>,
+        now: Instant,
+    ) -> Option<Header> {
         payload.clear();
         if let Some(hdr) = self.control.pop_front() {
             return Some(hdr);
@@ -550,7 +566,12 @@ impl HybridBackend {
                     self.ready.push_back(key);
                     return Some(hdr);
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
                     payload.clear();
                     conn.readable = false;
                     self.sync_interest(key);

@@ -47,7 +47,10 @@ enum TxError {
     Truncated { claimed: u32, available: usize },
 }
 
-fn read_tx_packet(mem: &GuestMemory, chain: virtio_queue::DescriptorChain<&GuestMemory>) -> Result<(Header, Vec<u8>), TxError> {
+fn read_tx_packet(
+    mem: &GuestMemory,
+    chain: virtio_queue::DescriptorChain<&GuestMemory>,
+) -> Result<(Header, Vec<u8>), TxError> {
     let mut reader = Reader::new(mem, chain).map_err(TxError::Memory)?;
     let mut raw = [0u8; HEADER_LEN];
     reader
@@ -273,5 +276,9 @@ impl VirtioDevice for Vsock {
 
     fn take_fd_changes(&mut self) -> Vec<FdInterest> {
         self.backend.take_fd_changes()
+    }
+
+    fn fd_changes_applied(&mut self) {
+        self.backend.fd_changes_applied();
     }
 }

@@ -32,7 +32,9 @@ impl DeadlineTimer {
         match at {
             // A zero duration would disarm the timer: fire "now" as 1 ms from now.
             Some(at) => {
-                let wait = at.saturating_duration_since(now).max(Duration::from_millis(1));
+                let wait = at
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1));
                 self.0.reset(wait, None).map_err(io::Error::from)
             }
             None => self.0.clear().map_err(io::Error::from),
