@@ -43,6 +43,11 @@ impl VirtioInterrupt {
         self.raise(INT_CONFIG);
     }
 
+    /// Bumps ConfigGeneration without an interrupt (before the driver is up).
+    pub(crate) fn bump_config_generation(&self) {
+        self.config_generation.fetch_add(1, Ordering::SeqCst);
+    }
+
     fn raise(&self, bit: u32) {
         self.status.fetch_or(bit, Ordering::SeqCst);
         if let Err(e) = self.irq.trigger() {

@@ -136,9 +136,14 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &self.interrupt
     }
 
-    /// Tells the driver the device configuration changed (config-change interrupt).
+    /// Tells the driver the device configuration changed: bumps ConfigGeneration and, once
+    /// the driver is up (DRIVER_OK), raises the config-change interrupt.
     pub fn notify_config_change(&self) {
-        self.interrupt.signal_config_change();
+        if self.activated {
+            self.interrupt.signal_config_change();
+        } else {
+            self.interrupt.bump_config_generation();
+        }
     }
 
     /// One ioeventfd registration per queue.
@@ -440,3 +445,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "mmio_tests.rs"]
+mod tests;

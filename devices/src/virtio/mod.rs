@@ -6,6 +6,7 @@
 //! `event_manager::EventManager` so queue notifications and back-end sockets are handled on
 //! the event-loop thread. See `devices/INTEGRATION.md` for what the VMM has to do.
 
+mod attach;
 pub mod block;
 mod interrupt;
 mod mmio;
@@ -21,6 +22,7 @@ use event_manager::EventSet;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
+pub use attach::{IoEventRegistration, MmioAttachment};
 pub use interrupt::VirtioInterrupt;
 pub use mmio::{kernel_cmdline_arg, MmioTransport, QueueNotifier, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
 pub use subscriber::VirtioSubscriber;

@@ -246,8 +246,9 @@ impl VirtioDevice for Vsock {
             _event: event,
             interrupt: ctx.interrupt,
         });
-        // Host connections that arrived before the driver was up are waiting.
-        self.pump(Instant::now());
+        // Host connections that arrived before the driver was up stay queued until the driver
+        // kicks its rx queue (it does once it has posted buffers); pumping here would do
+        // socket I/O on the vCPU thread.
         Ok(())
     }
 
