@@ -23,6 +23,7 @@ use event_manager::EventSet;
 use super::connection::{Connection, State};
 use super::packet::*;
 use super::timer::DeadlineTimer;
+use super::uds::connect_nonblocking;
 use super::VsockError;
 use crate::virtio::FdInterest;
 
@@ -435,10 +436,7 @@ impl HybridBackend {
         }
         let mut path = OsString::from(self.uds_path.as_os_str());
         path.push(format!("_{}", hdr.dst_port));
-        let stream = match UnixStream::connect(&path).and_then(|s| {
-            s.set_nonblocking(true)?;
-            Ok(s)
-        }) {
+        let stream = match connect_nonblocking(Path::new(&path)) {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::debug!(path = ?path, "vsock guest connect refused: {e}");

@@ -20,6 +20,7 @@ pub mod packet;
 #[cfg(test)]
 mod tests;
 mod timer;
+mod uds;
 
 use std::path::PathBuf;
 

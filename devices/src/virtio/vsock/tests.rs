@@ -622,3 +622,52 @@ fn reserved_cids_and_non_socket_paths_are_rejected() {
         Err(VsockError::PathInUse(_))
     ));
 }
+
+#[test]
+fn a_host_listener_that_does_not_accept_cannot_stall_the_event_loop() {
+    use std::os::fd::AsRawFd;
+    let mut guest = Guest::new();
+    let listener = host_listener(&guest, 9200);
+    // Shrink the backlog so it is full after a connection or two.
+    // SAFETY: listen() on a socket we own; no pointers involved.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    for src in 0..4u32 {
+        guest.send(guest.header(500 + src, 9200, OP_REQUEST), &[]);
+    }
+    // Had a connect blocked, we would never get here.
+    guest.expect("RST once the backlog is full", |h, _| {
+        h.op == OP_RST && h.src_port == 9200
+    });
+    let responses = guest
+        .inbox
+        .iter()
+        .filter(|(h, _)| h.op == OP_RESPONSE)
+        .count();
+    assert!(responses < 4, "not every connect can have been queued");
+}
+
+#[test]
+fn device_reset_closes_every_host_socket() {
+    let mut guest = Guest::new();
+    let listener = host_listener(&guest, 9300);
+    let mut host_a = guest.connect(&listener, 30, 9300);
+    let mut host_b = UnixStream::connect(&guest.uds).unwrap();
+    host_b
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    host_b.write_all(b"CONNECT 31\n").unwrap();
+    let (req, _) = guest.expect("REQUEST", |h, _| h.op == OP_REQUEST);
+    guest.send(guest.header(31, req.src_port, OP_RESPONSE), &[]);
+    assert_eq!(read_line(&mut host_b), format!("OK {}", req.src_port));
+    assert_eq!(guest.dev.lock().unwrap().device().connection_count(), 2);
+
+    // The driver writes 0 to Status.
+    guest.dev.lock().unwrap().write(0x70, &0u32.to_le_bytes());
+    // The event loop applies the fd removals, after which the sockets are closed.
+    guest.kick(0);
+    guest.settle();
+    assert_eq!(guest.dev.lock().unwrap().device().connection_count(), 0);
+    let mut buf = [0u8; 4];
+    assert_eq!(host_a.read(&mut buf).unwrap(), 0);
+    assert_eq!(host_b.read(&mut buf).unwrap(), 0);
+}
