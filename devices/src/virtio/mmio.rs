@@ -5,8 +5,8 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::VIRTIO_F_VERSION_1;
 use super::{status, ActivateContext, GuestMemory, VirtioDevice, VirtioInterrupt};
+use super::{VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
 use crate::bus::BusDevice;
 use crate::EventFdTrigger;
 
@@ -87,6 +87,8 @@ pub struct MmioTransport<D: VirtioDevice> {
     acked_features: u64,
     queue_sel: u32,
     activated: bool,
+    /// Transport-level feature bits offered on top of the device's.
+    extra_features: u64,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
@@ -118,6 +120,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             acked_features: 0,
             queue_sel: 0,
             activated: false,
+            extra_features: 0,
         })
     }
 
@@ -165,6 +168,19 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &self.queue_events
     }
 
+    /// Offers `VIRTIO_F_ACCESS_PLATFORM`. Confidential (SEV-SNP) Linux guests refuse virtio
+    /// devices without it, because they must route device DMA through shared bounce buffers;
+    /// for the device nothing changes (it still sees guest-physical addresses). Call before
+    /// the guest boots.
+    pub fn offer_access_platform(&mut self) {
+        self.extra_features |= VIRTIO_F_ACCESS_PLATFORM;
+    }
+
+    /// Features offered to the driver: the device's plus the transport's.
+    fn offered_features(&self) -> u64 {
+        self.device.features() | self.extra_features
+    }
+
     /// Whether the driver has set DRIVER_OK and the device accepted its queues.
     pub fn is_activated(&self) -> bool {
         self.activated
@@ -187,8 +203,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
             reg::DEVICE_ID => self.device.device_type(),
             reg::VENDOR_ID => VENDOR_ID,
             reg::DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device.features() as u32,
-                1 => (self.device.features() >> 32) as u32,
+                0 => self.offered_features() as u32,
+                1 => (self.offered_features() >> 32) as u32,
                 _ => 0,
             },
             reg::QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size)),
@@ -333,7 +349,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn features_acceptable(&self) -> bool {
-        let offered = self.device.features();
+        let offered = self.offered_features();
         self.acked_features & VIRTIO_F_VERSION_1 != 0 && self.acked_features & !offered == 0
     }
 

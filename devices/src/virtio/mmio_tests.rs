@@ -262,3 +262,18 @@ fn cmdline_format() {
         "virtio_mmio.device=4K@0xc0001000:12"
     );
 }
+
+#[test]
+fn access_platform_is_offered_only_on_request_and_then_negotiable() {
+    let (mut t, q0, q1, _irq) = probe();
+    write_reg(&mut t, 0x14, 1);
+    assert_eq!(read_reg(&mut t, 0x10), 1, "not offered by default");
+    t.offer_access_platform();
+    assert_eq!(
+        read_reg(&mut t, 0x10),
+        0b11,
+        "VERSION_1 and ACCESS_PLATFORM"
+    );
+    init_device(&mut t, &[&q0, &q1]);
+    assert_ne!(t.device().acked & VIRTIO_F_ACCESS_PLATFORM, 0);
+}

@@ -32,6 +32,9 @@ pub type GuestMemory = GuestMemoryMmap<()>;
 
 /// Feature bit: the device speaks virtio 1.x (the only mode we offer).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Feature bit: the device accesses memory through the platform's DMA translation, which
+/// SEV-SNP guests require (see [`MmioTransport::offer_access_platform`]).
+pub const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
 
 /// Device status bits (virtio 1.2, 2.1).
 pub mod status {
