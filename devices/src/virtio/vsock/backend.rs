@@ -168,7 +168,7 @@ impl HybridBackend {
         } else if self.pending_host.contains_key(&fd) {
             self.read_connect_line(fd, now);
         } else if let Some(&key) = self.by_fd.get(&fd) {
-            self.conn_event(key, events, now);
+            self.conn_event(key, events);
         } else {
             tracing::debug!(fd, "event for an fd vsock no longer tracks");
         }
@@ -269,7 +269,7 @@ impl HybridBackend {
         }
     }
 
-    fn conn_event(&mut self, key: ConnKey, events: EventSet, now: Instant) {
+    fn conn_event(&mut self, key: ConnKey, events: EventSet) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
@@ -280,13 +280,13 @@ impl HybridBackend {
             self.mark_ready(key);
         }
         if events.contains(EventSet::OUT) {
-            self.flush(key, now);
+            self.flush(key);
         }
         self.sync_interest(key);
     }
 
     /// Writes buffered guest data to the host, then finishes a pending shutdown.
-    fn flush(&mut self, key: ConnKey, now: Instant) {
+    fn flush(&mut self, key: ConnKey) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
@@ -307,7 +307,6 @@ impl HybridBackend {
             let hdr = conn.header(self.guest_cid, OP_CREDIT_UPDATE);
             self.control.push_back(hdr);
         }
-        let _ = now;
     }
 
     /// Fires the deadlines that passed and re-arms the timer for the next one.
@@ -366,7 +365,7 @@ impl HybridBackend {
         }
         let Some(conn) = self.conns.get_mut(&key) else {
             match hdr.op {
-                OP_REQUEST => self.guest_connect(hdr, now),
+                OP_REQUEST => self.guest_connect(hdr),
                 OP_RST => {}
                 _ => self.reply_rst(hdr),
             }
@@ -406,7 +405,7 @@ impl HybridBackend {
                     conn.deadline = Some(now + SHUTDOWN_TIMEOUT);
                 }
                 // Completes the shutdown at once if nothing is buffered.
-                self.flush(key, now);
+                self.flush(key);
             }
             (State::Established, OP_CREDIT_UPDATE) => {}
             (State::Established, OP_CREDIT_REQUEST) => {
@@ -426,7 +425,7 @@ impl HybridBackend {
         self.expire(now);
     }
 
-    fn guest_connect(&mut self, hdr: &Header, now: Instant) {
+    fn guest_connect(&mut self, hdr: &Header) {
         if self.conns.len() >= MAX_CONNECTIONS {
             tracing::warn!(
                 port = hdr.dst_port,
@@ -455,7 +454,6 @@ impl HybridBackend {
         self.by_fd.insert(fd, key);
         self.conns.insert(key, conn);
         self.sync_interest(key);
-        let _ = now;
     }
 
     fn reply_rst(&mut self, to: &Header) {
