@@ -6,7 +6,7 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{status, ActivateContext, GuestMemory, VirtioDevice, VirtioInterrupt};
-use super::{VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
+use super::{VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::bus::BusDevice;
 use crate::EventFdTrigger;
 
@@ -380,6 +380,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 result.map_err(|e| format!("queue {index} {what} at {addr:#x}: {e}"))?;
             }
             queue.set_ready(cfg.ready);
+            queue.set_event_idx(self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0);
             if cfg.ready && !queue.is_valid(&self.mem) {
                 return Err(format!("queue {index} rings lie outside guest memory"));
             }

@@ -8,6 +8,7 @@
 
 mod attach;
 pub mod block;
+mod drain;
 mod interrupt;
 mod mmio;
 mod subscriber;
@@ -35,6 +36,9 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Feature bit: the device accesses memory through the platform's DMA translation, which
 /// SEV-SNP guests require (see [`MmioTransport::offer_access_platform`]).
 pub const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
+/// Feature bit: notification suppression through `used_event` / `avail_event`. Devices that
+/// offer it drain their queues through `drain::drain`, which publishes `avail_event`.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// Device status bits (virtio 1.2, 2.1).
 pub mod status {

@@ -111,6 +111,24 @@ impl DriverRing {
         head
     }
 
+    /// The device's `avail_event` (EVENT_IDX): the driver notifies once its available index
+    /// passes it.
+    pub fn avail_event(&self) -> u16 {
+        let at = self.used + 4 + 8 * u64::from(self.size);
+        self.mem.read_obj(GuestAddress(at)).unwrap()
+    }
+
+    /// Sets the driver's `used_event` (EVENT_IDX): interrupt me once the used index passes it.
+    pub fn set_used_event(&self, value: u16) {
+        let at = self.avail + 4 + 2 * u64::from(self.size);
+        self.mem.write_obj(value, GuestAddress(at)).unwrap();
+    }
+
+    /// How many chains the driver has made available so far.
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
     /// Used-ring entries (id, len) the device added since the last call.
     pub fn take_used(&mut self) -> Vec<(u32, u32)> {
         let idx: u16 = self.mem.read_obj(GuestAddress(self.used + 2)).unwrap();

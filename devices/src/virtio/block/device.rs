@@ -9,8 +9,9 @@ use virtio_queue::{Queue, QueueT};
 use super::request::{execute, Disk};
 use super::{BlockConfig, BlockError, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
 use super::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO};
+use crate::virtio::drain::{drain, Step};
 use crate::virtio::{device_type, ActivateContext, ActivateError, GuestMemory};
-use crate::virtio::{VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use crate::virtio::{VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 struct Active {
     mem: GuestMemory,
@@ -96,16 +97,21 @@ impl Block {
             return;
         };
         let mem = &active.mem;
+        let disk = &mut self.disk;
         let mut used_any = false;
-        while let Some(chain) = active.queue.pop_descriptor_chain(mem) {
+        drain(&mut active.queue, mem, |queue| {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                return Step::Empty;
+            };
             let head = chain.head_index();
-            let used_len = execute(&mut self.disk, mem, chain);
+            let used_len = execute(disk, mem, chain);
             // A head past the queue size cannot be returned; the driver broke its own ring.
-            match active.queue.add_used(mem, head, used_len) {
+            match queue.add_used(mem, head, used_len) {
                 Ok(()) => used_any = true,
                 Err(e) => tracing::warn!(head, "cannot return virtio-blk request: {e}"),
             }
-        }
+            Step::Processed
+        });
         if used_any {
             match active.queue.needs_notification(mem) {
                 Ok(false) => {}
@@ -135,7 +141,7 @@ impl VirtioDevice for Block {
         } else {
             0
         };
-        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | ro
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_BLK_F_FLUSH | ro
     }
 
     fn queue_max_sizes(&self) -> &[u16] {

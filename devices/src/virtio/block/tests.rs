@@ -438,3 +438,22 @@ fn indirect_table_outside_memory_is_dropped() {
     assert_eq!(rig.ring.take_used(), vec![(0, 0)]);
     assert_still_serving(&mut rig);
 }
+
+#[test]
+fn event_idx_publishes_avail_event_and_honours_used_event() {
+    let mut rig = rig(4);
+    assert_ne!(
+        rig.dev.device().features() & crate::virtio::VIRTIO_RING_F_EVENT_IDX,
+        0
+    );
+    let _ = rig.irq.read();
+    // The driver asks for an interrupt only after the 3rd used buffer (used_event = 2).
+    rig.ring.set_used_event(2);
+    for expected_irq in [false, false, true] {
+        rig.submit_read(0, 512);
+        assert_eq!(rig.status(), VIRTIO_BLK_S_OK);
+        assert_eq!(rig.irq.read().is_ok(), expected_irq);
+        // After each drain the device tells the driver to notify on the next buffer.
+        assert_eq!(rig.ring.avail_event(), rig.ring.avail_idx());
+    }
+}

@@ -11,8 +11,9 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use super::backend::{HybridBackend, MAX_PKT_PAYLOAD};
 use super::packet::{Header, HEADER_LEN};
 use super::{VsockConfig, VsockError, QUEUE_SIZE};
+use crate::virtio::drain::{drain, Step};
 use crate::virtio::{device_type, ActivateContext, ActivateError, FdInterest, GuestMemory};
-use crate::virtio::{VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use crate::virtio::{VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -110,26 +111,28 @@ impl Vsock {
             return false;
         };
         let mem = &active.mem;
+        let backend = &mut self.backend;
         let mut used = false;
         let mut throttled = false;
-        loop {
-            if self.backend.control_backlog_full() {
+        drain(&mut active.tx, mem, |tx| {
+            if backend.control_backlog_full() {
                 throttled = true;
-                break;
+                return Step::Stop;
             }
-            let Some(chain) = active.tx.pop_descriptor_chain(mem) else {
-                break;
+            let Some(chain) = tx.pop_descriptor_chain(mem) else {
+                return Step::Empty;
             };
             let head = chain.head_index();
             match read_tx_packet(mem, chain) {
-                Ok((hdr, payload)) => self.backend.handle_guest_packet(&hdr, &payload, now),
+                Ok((hdr, payload)) => backend.handle_guest_packet(&hdr, &payload, now),
                 Err(e) => tracing::warn!(head, "vsock tx packet dropped: {e}"),
             }
-            match active.tx.add_used(mem, head, 0) {
+            match tx.add_used(mem, head, 0) {
                 Ok(()) => used = true,
                 Err(e) => tracing::warn!(head, "cannot return vsock tx buffer: {e}"),
             }
-        }
+            Step::Processed
+        });
         if used {
             notify(&mut active.tx, mem, &active.interrupt);
         }
@@ -144,10 +147,18 @@ impl Vsock {
         let mem = &active.mem;
         let mut used = false;
         let mut payload = Vec::new();
+        let mut rearmed = false;
         while self.backend.has_rx_work() {
             let Some(chain) = active.rx.pop_descriptor_chain(mem) else {
-                break;
+                // Out of buffers: publish avail_event (EVENT_IDX) so the driver notifies when
+                // it adds some, and look once more in case it just did.
+                if rearmed || !matches!(active.rx.enable_notification(mem), Ok(true)) {
+                    break;
+                }
+                rearmed = true;
+                continue;
             };
+            rearmed = false;
             let head = chain.head_index();
             let written = match Writer::new(mem, chain) {
                 Ok(mut writer) => match writer.available_bytes().checked_sub(HEADER_LEN) {
@@ -212,7 +223,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
     }
 
     fn queue_max_sizes(&self) -> &[u16] {

@@ -671,3 +671,22 @@ fn device_reset_closes_every_host_socket() {
     assert_eq!(host_a.read(&mut buf).unwrap(), 0);
     assert_eq!(host_b.read(&mut buf).unwrap(), 0);
 }
+
+#[test]
+fn a_starved_rx_queue_asks_the_driver_for_a_notification() {
+    let mut guest = Guest::with_rx_buffers(1);
+    let listener = host_listener(&guest, 9400);
+    // The RESPONSE takes the only buffer; the RW behind it finds none.
+    guest.send(guest.header(40, 9400, OP_REQUEST), &[]);
+    let (mut host, _) = listener.accept().unwrap();
+    host.write_all(b"waiting").unwrap();
+    for _ in 0..3 {
+        guest.events.run_with_timeout(50).unwrap();
+    }
+    assert_eq!(guest.rx.take_used().len(), 1);
+    assert_eq!(
+        guest.rx.avail_event(),
+        guest.rx.avail_idx(),
+        "avail_event must ask for a notification on the next buffer"
+    );
+}
