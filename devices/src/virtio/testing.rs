@@ -124,6 +124,14 @@ impl DriverRing {
         self.mem.write_obj(value, GuestAddress(at)).unwrap();
     }
 
+    /// Overwrites the available index in memory (a lying driver); `None` restores the truth.
+    pub fn force_avail_idx(&self, value: Option<u16>) {
+        let value = value.unwrap_or(self.avail_idx);
+        self.mem
+            .write_obj(value, GuestAddress(self.avail + 2))
+            .unwrap();
+    }
+
     /// How many chains the driver has made available so far.
     pub fn avail_idx(&self) -> u16 {
         self.avail_idx

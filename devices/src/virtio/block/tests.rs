@@ -457,3 +457,15 @@ fn event_idx_publishes_avail_event_and_honours_used_event() {
         assert_eq!(rig.ring.avail_event(), rig.ring.avail_idx());
     }
 }
+
+#[test]
+fn an_available_index_far_ahead_of_the_ring_does_not_hang_the_device() {
+    let mut rig = rig(4);
+    rig.ring
+        .force_avail_idx(Some(rig.ring.avail_idx().wrapping_add(1000)));
+    // Returns (rather than spinning) without consuming anything.
+    rig.dev.process_queue(0);
+    assert_eq!(rig.ring.take_used(), vec![]);
+    rig.ring.force_avail_idx(None);
+    assert_still_serving(&mut rig);
+}
