@@ -584,6 +584,16 @@ impl HybridBackend {
     }
 }
 
+impl Drop for HybridBackend {
+    /// Removes the listening socket's path, so a restarted VMM or a host program polling for
+    /// it does not find a dead socket.
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.uds_path) {
+            tracing::debug!("cannot remove {}: {e}", self.uds_path.display());
+        }
+    }
+}
+
 /// Parses `CONNECT <port>` (the newline already stripped).
 fn parse_connect(line: &[u8]) -> Result<u32, String> {
     let text = std::str::from_utf8(line).map_err(|_| "CONNECT line is not UTF-8".to_string())?;

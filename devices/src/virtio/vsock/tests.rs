@@ -603,7 +603,7 @@ fn rx_buffers_that_are_too_small_or_outside_memory_are_skipped() {
 }
 
 #[test]
-fn reserved_cids_and_non_socket_paths_are_rejected() {
+fn reserved_cids_and_non_socket_paths_are_rejected_stale_sockets_replaced() {
     let dir = tempfile::tempdir().unwrap();
     for cid in [0, 1, 2, u64::from(u32::MAX)] {
         let err = Vsock::new(VsockConfig {
@@ -612,6 +612,18 @@ fn reserved_cids_and_non_socket_paths_are_rejected() {
         });
         assert!(matches!(err, Err(VsockError::InvalidCid(c)) if c == cid));
     }
+    // A stale socket from an earlier run is replaced, and removed when the device goes.
+    let path = dir.path().join("stale.sock");
+    drop(UnixListener::bind(&path).unwrap());
+    let vsock = Vsock::new(VsockConfig {
+        guest_cid: 3,
+        uds_path: path.clone(),
+    })
+    .unwrap();
+    assert!(UnixStream::connect(&path).is_ok());
+    drop(vsock);
+    assert!(!path.exists());
+
     let file = dir.path().join("plain");
     std::fs::write(&file, b"").unwrap();
     assert!(matches!(
