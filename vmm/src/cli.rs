@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{DEFAULT_CMDLINE, DEFAULT_KVM_DEVICE, DEFAULT_MEM_MIB};
-use crate::{demo, Console, CpuTemplate, KernelSource, Vm, VmConfig, VmError, VmExit, VmOutcome};
+use crate::{
+    demo, BlockConfig, Console, CpuTemplate, KernelSource, Vm, VmConfig, VmError, VmExit,
+    VmOutcome, VsockConfig,
+};
 
 /// Veil: a micro-VMM that runs each pod in its own (SEV-SNP) virtual machine.
 #[derive(Debug, Parser)]
@@ -44,6 +47,9 @@ pub struct MachineArgs {
     /// The KVM device to use.
     #[arg(long, default_value = DEFAULT_KVM_DEVICE, value_name = "PATH")]
     pub kvm_device: PathBuf,
+    /// Write the boot timings (and how the VM ended) as JSON to FILE when the VM ends.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -54,9 +60,25 @@ pub struct RunArgs {
     /// Initial ramdisk loaded at the top of low memory.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line, passed to the guest unchanged.
+    /// Kernel command line. The VMM appends one `virtio_mmio.device=` argument per virtio
+    /// device and changes nothing else.
     #[arg(long, default_value = DEFAULT_CMDLINE, value_name = "STR")]
     pub cmdline: String,
+    /// A virtio-blk drive backed by a raw image (repeatable; vda, vdb, ... in order).
+    /// `ro` makes it read-only, `id=NAME` sets its serial (at most 20 bytes); without a path
+    /// the drive is an empty placeholder whose file is set later.
+    #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]", value_parser = parse_disk)]
+    pub disks: Vec<BlockConfig>,
+    /// Guest context id of the virtio-vsock device (3 or more).
+    #[arg(long, value_name = "N", requires = "vsock_uds")]
+    pub vsock_cid: Option<u64>,
+    /// Unix socket of the hybrid vsock backend: host programs connect here and send
+    /// `CONNECT <port>`; guest connections to host port P go to `PATH_P`.
+    #[arg(long, value_name = "PATH", requires = "vsock_cid")]
+    pub vsock_uds: Option<PathBuf>,
+    /// Attach the boot timer: a guest write of 123 to its page records the boot time.
+    #[arg(long)]
+    pub boot_timer: bool,
     #[command(flatten)]
     pub machine: MachineArgs,
 }
@@ -68,6 +90,37 @@ pub enum CliError {
     UnknownTemplate(String),
     #[error(transparent)]
     Vm(#[from] VmError),
+    #[error("cannot write metrics to {path}: {source}")]
+    Metrics {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid --disk '{spec}': {reason}")]
+    DiskSpec { spec: String, reason: &'static str },
+}
+
+/// Parses `PATH[,ro][,id=NAME]`; a spec without a path is a placeholder drive.
+fn parse_disk(spec: &str) -> Result<BlockConfig, CliError> {
+    let bad = |reason| CliError::DiskSpec {
+        spec: spec.to_string(),
+        reason,
+    };
+    let mut disk = BlockConfig {
+        path: None,
+        read_only: false,
+        id: String::new(),
+    };
+    for (i, part) in spec.split(',').enumerate() {
+        match part {
+            "ro" => disk.read_only = true,
+            _ if part.starts_with("id=") => disk.id = part["id=".len()..].to_string(),
+            "" if i == 0 => {}
+            _ if i == 0 => disk.path = Some(PathBuf::from(part)),
+            "" => return Err(bad("empty option")),
+            _ => return Err(bad("options are `ro` and `id=NAME`")),
+        }
+    }
+    Ok(disk)
 }
 
 fn template_names() -> String {
@@ -104,17 +157,32 @@ const EXIT_VMM_ERROR: u8 = 1;
 pub fn main(cli: Cli, start: Instant) -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => {
+            let metrics = args.machine.metrics_json.clone();
             let kernel = KernelSource::Path(args.kernel);
             args.machine.into_config(kernel).and_then(|mut config| {
                 config.cmdline = args.cmdline;
                 config.initrd = args.initrd;
-                boot(config, start)
+                config.disks = args.disks;
+                config.vsock = args
+                    .vsock_cid
+                    .zip(args.vsock_uds)
+                    .map(|(guest_cid, uds_path)| VsockConfig {
+                        guest_cid,
+                        uds_path,
+                    });
+                config.boot_timer = args.boot_timer;
+                boot(config, start, metrics)
             })
         }
-        Command::Demo(machine) => machine
-            .into_config(KernelSource::Flat64(demo::guest_code().to_vec()))
-            .and_then(|config| boot(config, start))
-            .inspect(print_demo_report),
+        Command::Demo(machine) => {
+            let metrics = machine.metrics_json.clone();
+            let code = KernelSource::Flat64(demo::guest_code().to_vec());
+            let outcome = machine.into_config(code).and_then(|mut config| {
+                config.boot_timer = true;
+                boot(config, start, metrics)
+            });
+            outcome.inspect(print_demo_report)
+        }
     };
     match result {
         Ok(outcome) => exit_status(&outcome.exit),
@@ -125,14 +193,33 @@ pub fn main(cli: Cli, start: Instant) -> ExitCode {
     }
 }
 
-fn boot(config: VmConfig, start: Instant) -> Result<VmOutcome, CliError> {
+fn boot(config: VmConfig, start: Instant, metrics: Option<PathBuf>) -> Result<VmOutcome, CliError> {
     let vm = Vm::with_start(config, start)?;
     stop_on_signals(vm.stop_handle());
     let outcome = vm.run()?;
     if !outcome.exit.is_clean() {
         eprintln!("veil: guest failed: {}", outcome.exit);
     }
+    if let Some(path) = metrics {
+        write_metrics(&path, &outcome).map_err(|source| CliError::Metrics { path, source })?;
+    }
     Ok(outcome)
+}
+
+/// The timings as JSON: microseconds since process start, `null` for stages never reached.
+fn write_metrics(path: &std::path::Path, outcome: &VmOutcome) -> std::io::Result<()> {
+    let us = |d: Duration| d.as_micros() as u64;
+    let t = &outcome.timings;
+    let json = serde_json::json!({
+        "exit": outcome.exit.to_string(),
+        "clean_exit": outcome.exit.is_clean(),
+        "vm_created_us": us(t.vm_created),
+        "first_vcpu_run_us": t.first_vcpu_run.map(us),
+        "first_console_output_us": t.first_console_output.map(us),
+        "boot_timer_us": t.boot_timer.map(us),
+        "exited_us": us(t.exited),
+    });
+    std::fs::write(path, format!("{json:#}\n"))
 }
 
 fn exit_status(exit: &VmExit) -> ExitCode {
@@ -176,6 +263,10 @@ fn print_demo_report(outcome: &VmOutcome) {
     println!(
         "  process start -> first console    {}",
         optional(t.first_console_output)
+    );
+    println!(
+        "  process start -> boot timer       {}",
+        optional(t.boot_timer)
     );
     println!("  process start -> VM torn down     {}", ms(t.exited));
 }

@@ -4,6 +4,9 @@ use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
 
+pub use veil_devices::virtio::block::BlockConfig;
+pub use veil_devices::virtio::vsock::VsockConfig;
+
 use crate::x86_64::cpu_template::CpuTemplate;
 use crate::x86_64::layout::{CMDLINE_MAX_LEN, MIN_MEM_BYTES};
 use crate::x86_64::mptable;
@@ -72,6 +75,12 @@ pub struct VmConfig {
     pub console: Console,
     pub cpu_template: &'static CpuTemplate,
     pub kvm_device: PathBuf,
+    /// virtio-blk drives, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<BlockConfig>,
+    /// virtio-vsock with the hybrid Unix-socket backend.
+    pub vsock: Option<VsockConfig>,
+    /// Attach the boot timer device at `layout::BOOT_TIMER_ADDR`.
+    pub boot_timer: bool,
 }
 
 impl VmConfig {
@@ -86,6 +95,9 @@ impl VmConfig {
             console: Console::Stdout,
             cpu_template: &CpuTemplate::HOST,
             kvm_device: PathBuf::from(DEFAULT_KVM_DEVICE),
+            disks: Vec::new(),
+            vsock: None,
+            boot_timer: false,
         }
     }
 
@@ -117,6 +129,26 @@ impl VmConfig {
         Ok(())
     }
 
+    /// The command line the guest gets: the configured one, then the device arguments.
+    pub fn full_cmdline(&self, device_args: &[String]) -> Result<String, ConfigError> {
+        let mut full = self.cmdline.clone();
+        for arg in device_args {
+            if !full.is_empty() {
+                full.push(' ');
+            }
+            full.push_str(arg);
+        }
+        if full.len() > CMDLINE_MAX_LEN {
+            let device_args = full.len() - self.cmdline.len();
+            return Err(ConfigError::CmdlineWithDevicesTooLong {
+                len: full.len(),
+                device_args,
+                max: CMDLINE_MAX_LEN,
+            });
+        }
+        Ok(full)
+    }
+
     /// Guest memory in bytes.
     pub fn mem_bytes(&self) -> u64 {
         self.mem_mib << 20
@@ -132,6 +164,15 @@ pub enum ConfigError {
     VcpuCount { requested: u32, max: u32 },
     #[error("kernel command line is {len} bytes long; the guest kernel accepts at most {max}")]
     CmdlineTooLong { len: usize, max: usize },
+    #[error(
+        "kernel command line is {len} bytes long with the {device_args} bytes announcing the \
+         virtio devices; the guest kernel accepts at most {max}"
+    )]
+    CmdlineWithDevicesTooLong {
+        len: usize,
+        device_args: usize,
+        max: usize,
+    },
     #[error("kernel command line has a NUL or newline byte at offset {pos}")]
     CmdlineInvalidByte { pos: usize },
 }

@@ -16,12 +16,14 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod demo;
+pub mod devices;
 mod event_loop;
 pub mod vcpu;
 pub mod vm;
 pub mod x86_64;
 
-pub use config::{Console, KernelSource, VmConfig};
+pub use config::{BlockConfig, Console, KernelSource, VmConfig, VsockConfig};
+pub use devices::DiskHandle;
 pub use vcpu::{RegisterDump, VmExit};
 pub use vm::{BootTimings, StopHandle, Vm, VmError, VmOutcome};
 pub use x86_64::cpu_template::CpuTemplate;

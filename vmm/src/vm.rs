@@ -22,6 +22,7 @@ use vmm_sys_util::signal::Killable;
 
 use crate::config::{ConfigError, Console, VmConfig};
 use crate::console::{self, ConsoleError};
+use crate::devices::{self, Attached, DeviceError, DiskHandle};
 use crate::event_loop::{Control, StdinForwarder, Wake};
 use crate::vcpu::{self, ExitLatch, Vcpu, VcpuShared, VmExit};
 use crate::x86_64::boot::{self, BootError};
@@ -61,6 +62,8 @@ pub enum VmError {
     Mptable(#[from] MptableError),
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("cannot create an event fd or thread for the VM: {0}")]
     Io(#[from] std::io::Error),
     #[error("cannot install the vCPU kick signal handler: {0}")]
@@ -83,6 +86,8 @@ pub struct BootTimings {
     pub first_vcpu_run: Option<Duration>,
     /// The guest's first console byte.
     pub first_console_output: Option<Duration>,
+    /// The guest's boot-timer write, when the boot timer is attached and was hit.
+    pub boot_timer: Option<Duration>,
     /// All vCPU threads joined and the VM torn down.
     pub exited: Duration,
 }
@@ -121,6 +126,8 @@ pub struct Vm {
     start: Instant,
     vm_created: Instant,
     first_console_byte: Arc<OnceLock<Instant>>,
+    devices: Attached,
+    cmdline: String,
 }
 
 impl Vm {
@@ -165,7 +172,18 @@ impl Vm {
             Some(path) => Some(boot::load_initrd(&memory, path, &kernel, mem_bytes)?),
             None => None,
         };
-        boot::write_boot_params(&memory, &kernel, &config.cmdline, initrd, mem_bytes)?;
+        let mut mmio = Bus::new();
+        let boot_timer = config.boot_timer.then_some(start);
+        let devices = devices::attach(
+            &vm_fd,
+            &memory,
+            &mut mmio,
+            config.disks.clone(),
+            config.vsock.clone(),
+            boot_timer,
+        )?;
+        let cmdline = config.full_cmdline(&devices.cmdline_args)?;
+        boot::write_boot_params(&memory, &kernel, &cmdline, initrd, mem_bytes)?;
         regs::write_boot_tables(&memory)?;
         mptable::write_mptable(&memory, config.vcpus)?;
 
@@ -209,7 +227,7 @@ impl Vm {
 
         let shared = Arc::new(VcpuShared {
             pio,
-            mmio: Bus::new(),
+            mmio,
             exit: ExitLatch::new()?,
             stopping: AtomicBool::new(false),
             first_run: OnceLock::new(),
@@ -226,6 +244,8 @@ impl Vm {
             start,
             vm_created: Instant::now(),
             first_console_byte,
+            devices,
+            cmdline,
         })
     }
 
@@ -237,6 +257,17 @@ impl Vm {
     /// Guest memory, for embedding programs that inspect or prepare it.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
+    }
+
+    /// Handles on the virtio-blk drives, in configuration order, for swapping their backing
+    /// files while the VM runs.
+    pub fn disks(&self) -> Vec<DiskHandle> {
+        self.devices.disks.clone()
+    }
+
+    /// The command line the guest was given (the configured one plus device arguments).
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
     }
 
     /// The KVM VM, for registering further devices.
@@ -281,6 +312,7 @@ impl Vm {
                 vm_created: since(self.vm_created),
                 first_vcpu_run: self.shared.first_run.get().copied().map(since),
                 first_console_output: self.first_console_byte.get().copied().map(since),
+                boot_timer: self.devices.boot_time.as_ref().and_then(|t| t.get()),
                 exited: since(Instant::now()),
             },
         })
@@ -295,6 +327,9 @@ impl Vm {
             (self.stop.try_clone()?, Wake::Stop),
         ])));
         manager.add_subscriber(control.clone());
+        for device in &self.devices.subscribers {
+            manager.add_subscriber(device.clone());
+        }
         let stdin = if self.forward_stdin {
             let forwarder = Arc::new(Mutex::new(StdinForwarder::new(self.serial.clone())?));
             manager.add_subscriber(forwarder.clone());

@@ -207,3 +207,55 @@ fn help_lists_every_option() {
         assert!(text.contains(opt), "--help lacks {opt}");
     }
 }
+
+#[test]
+fn bad_device_options() {
+    let out = veil(&[
+        "run",
+        "--kernel",
+        guest(),
+        "--disk",
+        "/nonexistent/disk.img",
+    ]);
+    assert_refused(
+        &out,
+        &["disk 0: cannot open disk image /nonexistent/disk.img"],
+    );
+
+    let out = veil(&["run", "--kernel", guest(), "--disk", "a.img,rw"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains("invalid --disk 'a.img,rw': options are `ro` and `id=NAME`")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let out = veil(&[
+        "run",
+        "--kernel",
+        guest(),
+        "--vsock-cid",
+        "2",
+        "--vsock-uds",
+        uds.to_str().unwrap(),
+    ]);
+    assert_refused(&out, &["guest CID 2 is reserved"]);
+    assert!(!uds.exists(), "a refused vsock left its socket behind");
+
+    let out = veil(&["run", "--kernel", guest(), "--vsock-cid", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(common::stderr(&out).contains("--vsock-uds"));
+
+    // 19 drives with 36-37 byte announcements each push a 1500-byte command line over the limit.
+    let img = dir.path().join("d.img");
+    std::fs::write(&img, vec![0u8; 512]).unwrap();
+    let cmdline = "x".repeat(1500);
+    let mut args = vec!["run", "--kernel", guest(), "--cmdline", &cmdline];
+    for _ in 0..19 {
+        args.extend(["--disk", img.to_str().unwrap()]);
+    }
+    assert_refused(
+        &veil(&args),
+        &["bytes announcing the virtio devices", "at most 2047"],
+    );
+}

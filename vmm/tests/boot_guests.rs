@@ -182,3 +182,45 @@ fn sigterm_stops_a_running_vm_cleanly() {
         "killed by signal instead of stopping: {status:?}"
     );
 }
+
+#[test]
+fn devices_are_announced_on_the_command_line_and_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let uds = dir.path().join("v.sock");
+    let metrics = dir.path().join("metrics.json");
+    let guest = Guest::BootInfo.path().to_str().unwrap();
+    let out = veil(&[
+        "run",
+        "--kernel",
+        guest,
+        "--cmdline",
+        "console=ttyS0",
+        "--disk",
+        img.to_str().unwrap(),
+        "--disk",
+        ",ro,id=later",
+        "--vsock-cid",
+        "3",
+        "--vsock-uds",
+        uds.to_str().unwrap(),
+        "--boot-timer",
+        "--metrics-json",
+        metrics.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let expected = "cmdline=[console=ttyS0 virtio_mmio.device=4K@0xd0001000:5 \
+                    virtio_mmio.device=4K@0xd0002000:6 virtio_mmio.device=4K@0xd0003000:7]";
+    assert!(stdout(&out).contains(expected), "{}", stdout(&out));
+    assert!(!uds.exists(), "the vsock socket outlived the VM");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    assert_eq!(json["clean_exit"], true);
+    assert!(
+        json["boot_timer_us"].is_null(),
+        "this guest never writes the boot timer"
+    );
+    assert!(json["vm_created_us"].as_u64().unwrap() <= json["exited_us"].as_u64().unwrap());
+}

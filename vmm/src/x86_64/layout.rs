@@ -12,7 +12,8 @@
 //! | 0x20000            | kernel command line                                 |
 //! | 0x9fc00..0x100000  | EBDA with the MP table, then the legacy hole        |
 //! | 0x100000..         | kernel, then initrd at the top of low RAM           |
-//! | 0xd000_0000..4 GiB | 32-bit MMIO gap: devices, IOAPIC, LAPIC             |
+//! | 0xd000_0000        | boot timer, then one 4 KiB window per virtio device |
+//! | ..4 GiB            | rest of the 32-bit MMIO gap: IOAPIC, LAPIC          |
 
 /// GDT base.
 pub const GDT_START: u64 = 0x500;
@@ -42,8 +43,10 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 0xd000_0000;
 /// End of the 32-bit MMIO gap.
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
-/// Where the VMM allocates MMIO windows for devices (below the IOAPIC at 0xfec00000).
-pub const DEVICE_MMIO_START: u64 = MMIO_GAP_START;
+/// The boot timer's MMIO page: the guest writes 123 at offset 0 when it has booted.
+pub const BOOT_TIMER_ADDR: u64 = MMIO_GAP_START;
+/// First virtio-mmio window; each device takes the next 4 KiB page.
+pub const VIRTIO_MMIO_START: u64 = MMIO_GAP_START + 0x1000;
 /// IOAPIC base address (fixed by the in-kernel irqchip).
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC base address.
