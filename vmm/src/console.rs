@@ -21,6 +21,8 @@ pub enum ConsoleError {
 pub struct TimedWriter {
     inner: Box<dyn Write + Send>,
     first_byte: Arc<OnceLock<Instant>>,
+    /// Interactive consoles show partial lines (prompts) at once.
+    flush_each_write: bool,
 }
 
 impl Write for TimedWriter {
@@ -28,7 +30,11 @@ impl Write for TimedWriter {
         if !buf.is_empty() {
             self.first_byte.get_or_init(Instant::now);
         }
-        self.inner.write(buf)
+        let written = self.inner.write(buf)?;
+        if self.flush_each_write {
+            self.inner.flush()?;
+        }
+        Ok(written)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -41,9 +47,8 @@ pub fn open(
     console: Console,
     first_byte: Arc<OnceLock<Instant>>,
 ) -> Result<TimedWriter, ConsoleError> {
+    let flush_each_write = matches!(console, Console::Stdout);
     let inner: Box<dyn Write + Send> = match console {
-        // Stdout is line buffered already; flushing per line keeps interleaving with the
-        // VMM's own messages readable.
         Console::Stdout => Box::new(io::stdout()),
         Console::Off => Box::new(io::sink()),
         Console::File(path) => {
@@ -56,5 +61,5 @@ pub fn open(
         }
         Console::Writer(w) => w,
     };
-    Ok(TimedWriter { inner, first_byte })
+    Ok(TimedWriter { inner, first_byte, flush_each_write })
 }

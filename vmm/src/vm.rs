@@ -137,7 +137,7 @@ impl Vm {
     }
 
     /// Builds a VM, timing its stages from `start`.
-    pub fn with_start(config: VmConfig, start: Instant) -> Result<Self, VmError> {
+    pub fn with_start(mut config: VmConfig, start: Instant) -> Result<Self, VmError> {
         config.validate()?;
         let kvm = open_kvm(&config.kvm_device)?;
         let max = kvm.get_max_vcpus() as u32;
@@ -178,8 +178,8 @@ impl Vm {
             &vm_fd,
             &memory,
             &mut mmio,
-            config.disks.clone(),
-            config.vsock.clone(),
+            std::mem::take(&mut config.disks),
+            config.vsock.take(),
             boot_timer,
         )?;
         let cmdline = config.full_cmdline(&devices.cmdline_args)?;
