@@ -61,5 +61,9 @@ pub fn open(
         }
         Console::Writer(w) => w,
     };
-    Ok(TimedWriter { inner, first_byte, flush_each_write })
+    Ok(TimedWriter {
+        inner,
+        first_byte,
+        flush_each_write,
+    })
 }

@@ -77,30 +77,27 @@ fn has(lines: &[String], needle: &str) -> bool {
     lines.iter().any(|l| l.contains(needle))
 }
 
-fn check_early_boot(kernel: &str, mem_mib: u64) {
+#[test]
+fn vmlinux_through_pvh_reports_cmdline_memory_and_cpus() {
     let cmdline = "console=ttyS0 earlyprintk=serial,ttyS0 reboot=k panic=-1 veil.marker=42";
-    let kernel = guest_kernel(kernel);
-    let mem = mem_mib.to_string();
+    let kernel = guest_kernel("vmlinux");
     let args = [
         "--kernel",
         kernel.to_str().unwrap(),
         "--cmdline",
         cmdline,
         "--mem-mib",
-        &mem,
+        "256",
+        "--vcpus",
+        "2",
     ];
-    let lines = boot_until(&args, |l| {
-        has(l, "Linux version")
-            && has(l, "Command line:")
-            && has(l, "BIOS-e820")
-            && !usable_ram(l).is_empty()
-            && has(l, "NX (Execute Disable)")
-    });
+    // "smpboot: Allowing" comes after the e820 map and the MP table are parsed.
+    let lines = boot_until(&args, |l| has(l, "smpboot: Allowing"));
     let text = lines.join("\n");
     assert!(has(&lines, "Linux version 6.1"), "{text}");
     let reported = lines
         .iter()
-        .find_map(|l| l.split("Command line: ").nth(1))
+        .find_map(|l| l.strip_prefix("Command line: "))
         .expect("Command line: line");
     assert_eq!(reported, cmdline, "{text}");
     let top = usable_ram(&lines)
@@ -108,10 +105,8 @@ fn check_early_boot(kernel: &str, mem_mib: u64) {
         .map(|r| r.1 + 1)
         .max()
         .expect("usable e820 ranges");
-    assert_eq!(top, mem_mib << 20, "{text}");
-}
-
-#[test]
-fn vmlinux_through_pvh_reports_cmdline_and_memory() {
-    check_early_boot("vmlinux", 256);
+    assert_eq!(top, 256 << 20, "{text}");
+    assert!(has(&lines, "MPTABLE: OEM ID: VEIL"), "{text}");
+    assert!(has(&lines, "Processors: 2"), "{text}");
+    assert!(has(&lines, "smpboot: Allowing 2 CPUs"), "{text}");
 }
