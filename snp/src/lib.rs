@@ -9,3 +9,6 @@ pub mod policy;
 pub use digest::{DigestError, LaunchDigest};
 pub use page_info::{PageInfo, PageType, DIGEST_SIZE, PAGE_SIZE, VMSA_GPA};
 pub use policy::{GuestPolicy, PolicyError};
+pub mod cpu_types;
+pub mod ovmf;
+pub mod vmsa;

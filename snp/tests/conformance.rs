@@ -1,0 +1,193 @@
+//! Launch digests and VMSA pages compared byte for byte with `sev-snp-measure`.
+
+mod common_python;
+
+use common_python::{run_cli, run_python};
+use veil_snp::hex;
+use veil_snp::ovmf::{ovmf_launch_digest, Ovmf, DEFAULT_GUEST_FEATURES};
+use veil_snp::vmsa::{Vmsa, RESET_EIP};
+use veil_snp::{LaunchDigest, PageType};
+
+/// Feeds one operation per stdin line ("TYPE GPA HEXDATA" or "TYPE GPA LEN") to gctx.GCTX.
+const GCTX_SCRIPT: &str = r#"
+import sys
+from sevsnpmeasure.gctx import GCTX
+g = GCTX()
+for line in sys.stdin:
+    parts = line.split()
+    if not parts:
+        continue
+    kind, gpa = parts[0], int(parts[1], 16)
+    if kind == "normal":
+        g.update_normal_pages(gpa, bytes.fromhex(parts[2]))
+    elif kind == "vmsa":
+        g.update_vmsa_page(bytes.fromhex(parts[2]))
+    elif kind == "zero":
+        g.update_zero_pages(gpa, int(parts[2], 16))
+    elif kind == "unmeasured":
+        g.update_unmeasured_pages(gpa, int(parts[2], 16))
+    elif kind == "secrets":
+        g.update_secrets_page(gpa)
+    elif kind == "cpuid":
+        g.update_cpuid_page(gpa)
+    else:
+        raise SystemExit("bad op " + kind)
+print(g.hex_ld())
+"#;
+
+/// Deterministic page contents that differ per page and per seed.
+fn pattern(pages: usize, seed: u8) -> Vec<u8> {
+    (0..pages * 4096)
+        .map(|i| ((i / 4096) as u8).wrapping_mul(31) ^ (i as u8).wrapping_add(seed))
+        .collect()
+}
+
+/// Applies `ops` to a Veil digest and produces the same script for the reference.
+fn both(ops: &[(PageType, u64, Vec<u8>)]) -> (String, String) {
+    let mut ld = LaunchDigest::new();
+    let mut script = String::new();
+    for (page_type, gpa, data) in ops {
+        ld.update(*page_type, *gpa, data).unwrap();
+        let line = match page_type {
+            PageType::Normal => format!("normal {gpa:x} {}", hex::encode(data)),
+            PageType::Vmsa => format!("vmsa {gpa:x} {}", hex::encode(data)),
+            PageType::Zero => format!("zero {gpa:x} {:x}", data.len()),
+            PageType::Unmeasured => format!("unmeasured {gpa:x} {:x}", data.len()),
+            PageType::Secrets => format!("secrets {gpa:x}"),
+            PageType::Cpuid => format!("cpuid {gpa:x}"),
+        };
+        script.push_str(&line);
+        script.push('\n');
+    }
+    (ld.hex(), run_python(GCTX_SCRIPT, &script))
+}
+
+#[test]
+fn every_page_type_at_several_gpas_matches_gctx() {
+    let vmsa = Vmsa::qemu_reset(RESET_EIP, 1, 0x00a0_0f11).to_page();
+    let ops = vec![
+        (PageType::Normal, 0x0, pattern(3, 1)),
+        (PageType::Zero, 0x10_0000, vec![0; 0x3000]),
+        (PageType::Normal, 0xffe0_0000, pattern(1, 2)),
+        (PageType::Unmeasured, 0x80_0000, vec![0; 0x2000]),
+        (PageType::Secrets, 0x80_d000, vec![0; 0x1000]),
+        (PageType::Cpuid, 0x80_e000, vec![0; 0x1000]),
+        (PageType::Normal, 0x1_0000_0000, pattern(2, 3)),
+        (PageType::Zero, 0xf_ffff_f000, vec![0; 0x1000]),
+        (PageType::Vmsa, veil_snp::VMSA_GPA, vmsa.clone()),
+        (PageType::Vmsa, veil_snp::VMSA_GPA, vmsa),
+    ];
+    let (veil, reference) = both(&ops);
+    assert_eq!(veil.len(), 96);
+    assert_eq!(veil, reference);
+}
+
+#[test]
+fn each_page_type_alone_matches_gctx() {
+    for (page_type, gpa) in [
+        (PageType::Normal, 0x7000),
+        (PageType::Zero, 0x2000),
+        (PageType::Unmeasured, 0x9_9000),
+        (PageType::Secrets, 0x5000),
+        (PageType::Cpuid, 0x6000),
+        (PageType::Vmsa, veil_snp::VMSA_GPA),
+    ] {
+        let (veil, reference) = both(&[(page_type, gpa, pattern(1, 9))]);
+        assert_eq!(veil, reference, "{page_type} at {gpa:#x}");
+    }
+}
+
+#[test]
+fn large_parallel_range_matches_gctx() {
+    // Big enough to take the multi-threaded hashing path.
+    let (veil, reference) = both(&[(PageType::Normal, 0x20_0000, pattern(600, 7))]);
+    assert_eq!(veil, reference);
+}
+
+#[test]
+fn vmsa_pages_match_reference_layout() {
+    let script = r#"
+import sys
+from sevsnpmeasure.vmsa import VMSA
+eip, features, sig = (int(x, 16) for x in sys.stdin.read().split())
+print(bytes(VMSA.build_save_area(eip, features, sig)).hex())
+"#;
+    for (eip, features, sig) in [
+        (RESET_EIP, 0x1, 0x0080_0f12),
+        (0x0080_b004, 0x1, 0x00a0_0f11),
+        (0xffff_b000, 0x21, 0x00a1_0f10),
+    ] {
+        let reference = run_python(script, &format!("{eip:x} {features:x} {sig:x}"));
+        let veil = hex::encode(&Vmsa::qemu_reset(eip, features, sig).to_page());
+        assert_eq!(
+            veil, reference,
+            "eip {eip:#x} features {features:#x} sig {sig:#x}"
+        );
+    }
+}
+
+const OVMF: &str = "/usr/share/OVMF/OVMF_CODE.fd";
+
+fn ovmf_image() -> Vec<u8> {
+    std::fs::read(OVMF)
+        .unwrap_or_else(|e| panic!("{OVMF}: {e}; install the Debian package `ovmf` for this test"))
+}
+
+#[test]
+fn ovmf_digest_matches_sev_snp_measure() {
+    let image = ovmf_image();
+    for (vcpus, vcpu_type) in [
+        (1, "EPYC-v4"),
+        (2, "EPYC-Milan"),
+        (4, "EPYC-Genoa"),
+        (3, "EPYC-Rome"),
+    ] {
+        let veil = ovmf_launch_digest(&image, vcpus, vcpu_type, DEFAULT_GUEST_FEATURES).unwrap();
+        let n = vcpus.to_string();
+        let reference = run_cli(&[
+            "--mode",
+            "snp",
+            "--ovmf",
+            OVMF,
+            "--vcpus",
+            &n,
+            "--vcpu-type",
+            vcpu_type,
+        ]);
+        assert_eq!(hex::encode(&veil), reference, "{vcpus} x {vcpu_type}");
+    }
+}
+
+#[test]
+fn ovmf_guest_features_match_sev_snp_measure() {
+    let image = ovmf_image();
+    let veil = ovmf_launch_digest(&image, 2, "EPYC-Milan", 0x21).unwrap();
+    let reference = run_cli(&[
+        "--mode",
+        "snp",
+        "--ovmf",
+        OVMF,
+        "--vcpus",
+        "2",
+        "--vcpu-type",
+        "EPYC-Milan",
+        "--guest-features",
+        "0x21",
+    ]);
+    assert_eq!(hex::encode(&veil), reference);
+    assert_ne!(
+        veil,
+        ovmf_launch_digest(&image, 2, "EPYC-Milan", DEFAULT_GUEST_FEATURES).unwrap()
+    );
+}
+
+#[test]
+fn ovmf_firmware_prefix_matches_snp_ovmf_hash() {
+    // The digest after the firmware volume alone, as `--mode snp:ovmf-hash` computes it.
+    let image = ovmf_image();
+    let ovmf = Ovmf::parse(&image).unwrap();
+    let mut ld = LaunchDigest::new();
+    ld.update_normal(ovmf.gpa(), &image).unwrap();
+    let reference = run_cli(&["--mode", "snp:ovmf-hash", "--ovmf", OVMF]);
+    assert_eq!(ld.hex(), reference);
+}
