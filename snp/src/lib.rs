@@ -2,6 +2,7 @@
 //! OVMF expected measurements, attestation reports, and the launch firmware backends.
 
 pub mod digest;
+pub mod firmware;
 pub mod hex;
 pub mod page_info;
 pub mod policy;
@@ -11,4 +12,5 @@ pub use page_info::{PageInfo, PageType, DIGEST_SIZE, PAGE_SIZE, VMSA_GPA};
 pub use policy::{GuestPolicy, PolicyError};
 pub mod cpu_types;
 pub mod ovmf;
+pub mod report;
 pub mod vmsa;
