@@ -11,6 +11,7 @@ pub use digest::{DigestError, LaunchDigest};
 pub use page_info::{PageInfo, PageType, DIGEST_SIZE, PAGE_SIZE, VMSA_GPA};
 pub use policy::{GuestPolicy, PolicyError};
 pub mod cpu_types;
+pub mod kvm;
 pub mod ovmf;
 pub mod report;
 pub mod vmsa;

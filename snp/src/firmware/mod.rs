@@ -45,8 +45,14 @@ pub enum FirmwareError {
     IdBlock(#[from] IdBlockError),
     #[error("signing the attestation report: {0}")]
     Signing(String),
+    #[error("{op} failed: {} (firmware error {fw_error:#x})", std::io::Error::from_raw_os_error(*.errno))]
+    Ioctl {
+        op: &'static str,
+        errno: i32,
+        fw_error: u32,
+    },
     #[error("{0}")]
-    Kvm(String),
+    Limit(String),
 }
 
 /// The SNP launch sequence. Call order: `launch_start`, any number of `launch_update`,

@@ -196,7 +196,7 @@ impl LaunchFirmware for InsecureModelFirmware {
             return Err(FirmwareError::PageAlreadyAdded(*dup));
         }
         if self.pages.len() + new_gpas.len() > MAX_PAGES {
-            return Err(FirmwareError::Kvm(format!(
+            return Err(FirmwareError::Limit(format!(
                 "the model accepts at most {MAX_PAGES} launch pages"
             )));
         }
