@@ -1,8 +1,8 @@
 //! Launch digests and VMSA pages compared byte for byte with `sev-snp-measure`.
 
-mod common_python;
+mod reference;
 
-use common_python::{run_cli, run_python};
+use reference::{run_cli, run_python};
 use veil_snp::hex;
 use veil_snp::ovmf::{ovmf_launch_digest, Ovmf, DEFAULT_GUEST_FEATURES};
 use veil_snp::vmsa::{Vmsa, RESET_EIP};

@@ -12,6 +12,7 @@ use std::os::fd::AsRawFd;
 use kvm_ioctls::VmFd;
 
 use super::uapi::*;
+use crate::cpuid_page::CpuidPage;
 use crate::firmware::{FirmwareError, LaunchFinish, LaunchFirmware};
 use crate::page_info::{PageType, PAGE_SIZE};
 use crate::policy::GuestPolicy;
@@ -175,6 +176,24 @@ impl<C: SevCommands> KvmSnpFirmware<C> {
     }
 }
 
+/// Logs which CPUID values the firmware changed, page by page.
+fn log_cpuid_corrections(asked: &[u8], accepted: &[u8]) {
+    let page = PAGE_SIZE as usize;
+    for (before, after) in asked.chunks(page).zip(accepted.chunks(page)) {
+        if before == after {
+            continue;
+        }
+        match (CpuidPage::parse(before), CpuidPage::parse(after)) {
+            (Ok(b), Ok(a)) => {
+                for change in b.differences(&a) {
+                    tracing::warn!("SNP firmware corrected CPUID {change}");
+                }
+            }
+            _ => tracing::warn!("SNP firmware rewrote a CPUID page that does not parse"),
+        }
+    }
+}
+
 impl<C: SevCommands> LaunchFirmware for KvmSnpFirmware<C> {
     fn name(&self) -> &'static str {
         "kvm"
@@ -226,6 +245,7 @@ impl<C: SevCommands> LaunchFirmware for KvmSnpFirmware<C> {
         self.cmds
             .set_memory_attributes(&attrs)
             .map_err(|e| ioctl_error("KVM_SET_MEMORY_ATTRIBUTES", e))?;
+        let asked = (page_type == PageType::Cpuid).then(|| data.to_vec());
         let mut update = KvmSevSnpLaunchUpdate {
             gfn_start: gpa / PAGE_SIZE,
             uaddr: data.as_mut_ptr() as u64,
@@ -233,7 +253,11 @@ impl<C: SevCommands> LaunchFirmware for KvmSnpFirmware<C> {
             page_type: page_type as u8,
             ..KvmSevSnpLaunchUpdate::default()
         };
-        self.update_loop(&mut update)
+        self.update_loop(&mut update)?;
+        if let Some(asked) = asked {
+            log_cpuid_corrections(&asked, data);
+        }
+        Ok(())
     }
 
     /// KVM measures each vCPU's VMSA from its own register state; `vcpus` is not used here

@@ -8,6 +8,7 @@ const INSTALL_HINT: &str = "these conformance tests need python3 with the PyPI p
 
 /// Runs a python script with `stdin`, returning its trimmed stdout; panics (failing the test)
 /// with an install hint when python3 or the module is missing.
+#[allow(dead_code)] // not every test binary uses both helpers
 pub fn run_python(script: &str, stdin: &str) -> String {
     let mut child = Command::new("python3")
         .args(["-c", script])

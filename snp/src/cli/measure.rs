@@ -1,0 +1,106 @@
+//! `veil measure`: the expected launch digest, without hardware.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{read_bounded, CliError};
+use crate::ovmf::{ovmf_launch_digest, DEFAULT_GUEST_FEATURES};
+
+/// Firmware images are a few MiB; refuse anything absurd before reading it.
+const MAX_FIRMWARE: u64 = 16 << 20;
+
+/// Arguments of `veil measure`.
+#[derive(Args, Clone, Debug, PartialEq, Eq)]
+pub struct MeasureArgs {
+    /// OVMF image launched the way QEMU does (same result as `sev-snp-measure --mode snp`).
+    #[arg(long, value_name = "FILE")]
+    pub ovmf: PathBuf,
+    /// Number of vCPUs (one VMSA each).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub vcpus: u32,
+    /// QEMU vCPU model, e.g. EPYC-v4, EPYC-Milan, EPYC-Genoa.
+    #[arg(long, value_name = "T")]
+    pub vcpu_type: String,
+    /// SEV_FEATURES of every VMSA, hexadecimal (QEMU's default is 0x1, SNP active).
+    #[arg(long, value_name = "HEX", value_parser = parse_features, default_value = "0x1")]
+    pub guest_features: u64,
+}
+
+fn parse_features(value: &str) -> Result<u64, String> {
+    let digits = value
+        .trim()
+        .trim_start_matches("0x")
+        .trim_start_matches("0X");
+    u64::from_str_radix(digits, 16).map_err(|e| format!("{value:?} is not hexadecimal: {e}"))
+}
+
+/// Returns the digest as 96 lowercase hex characters.
+pub fn run_measure(args: &MeasureArgs) -> Result<String, CliError> {
+    let image = read_bounded(&args.ovmf, MAX_FIRMWARE)?;
+    let digest = ovmf_launch_digest(&image, args.vcpus, &args.vcpu_type, args.guest_features)?;
+    Ok(crate::hex::encode(&digest))
+}
+
+const _: () = assert!(DEFAULT_GUEST_FEATURES == 0x1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        measure: MeasureArgs,
+    }
+
+    #[test]
+    fn arguments_parse_like_sev_snp_measure() {
+        let cli = Cli::parse_from([
+            "veil",
+            "--ovmf",
+            "/x.fd",
+            "--vcpus",
+            "4",
+            "--vcpu-type",
+            "EPYC-Milan",
+            "--guest-features",
+            "0x21",
+        ]);
+        assert_eq!(cli.measure.vcpus, 4);
+        assert_eq!(cli.measure.guest_features, 0x21);
+        let cli = Cli::parse_from([
+            "veil",
+            "--ovmf",
+            "/x",
+            "--vcpus",
+            "1",
+            "--vcpu-type",
+            "EPYC",
+        ]);
+        assert_eq!(cli.measure.guest_features, 1);
+        assert!(Cli::try_parse_from([
+            "veil",
+            "--ovmf",
+            "/x",
+            "--vcpus",
+            "0",
+            "--vcpu-type",
+            "EPYC"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let args = MeasureArgs {
+            ovmf: PathBuf::from("/nonexistent/ovmf.fd"),
+            vcpus: 1,
+            vcpu_type: "EPYC".into(),
+            guest_features: 1,
+        };
+        let err = run_measure(&args).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/ovmf.fd"), "{err}");
+    }
+}
