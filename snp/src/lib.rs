@@ -8,6 +8,7 @@ pub mod cpuid_page;
 pub mod digest;
 pub mod firmware;
 pub mod hex;
+pub mod igvm;
 pub mod kvm;
 pub mod ovmf;
 pub mod page_info;

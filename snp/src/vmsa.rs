@@ -165,6 +165,21 @@ impl Vmsa {
         }
     }
 
+    /// The VMSA KVM builds from a vCPU loaded with these registers: KVM forces EFER.SVME
+    /// and, for SEV-ES guests, CR4.MCE, and (with its default quirks) clears CR0.CD/NW.
+    /// [`Vmsa::qemu_reset`] already has these applied.
+    pub fn as_kvm_builds(&self) -> Self {
+        const EFER_SVME: u64 = 1 << 12;
+        const CR4_MCE: u64 = 1 << 6;
+        const CR0_CD_NW: u64 = (1 << 30) | (1 << 29);
+        Self {
+            efer: self.efer | EFER_SVME,
+            cr4: self.cr4 | CR4_MCE,
+            cr0: self.cr0 & !CR0_CD_NW,
+            ..self.clone()
+        }
+    }
+
     /// Serializes to the 4 KiB page the firmware measures.
     pub fn to_page(&self) -> Vec<u8> {
         use offset::*;
@@ -240,6 +255,22 @@ mod tests {
         assert_eq!(&page[0x410..0x412], &0x37fu16.to_le_bytes());
         // Nothing is written past the FPU control words.
         assert!(page[0x412..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn kvm_forced_bits() {
+        let reset = Vmsa::qemu_reset(RESET_EIP, 1, 0x00a0_0f11);
+        assert_eq!(reset.as_kvm_builds(), reset);
+        let long_mode = Vmsa {
+            efer: 0x500,
+            cr4: 0x20,
+            cr0: 0x6000_0011 | 0x8000_0000,
+            ..Vmsa::default()
+        }
+        .as_kvm_builds();
+        assert_eq!(long_mode.efer, 0x1500);
+        assert_eq!(long_mode.cr4, 0x60);
+        assert_eq!(long_mode.cr0, 0x8000_0011);
     }
 
     #[test]
