@@ -19,7 +19,8 @@ fn measure_ovmf_equals_sev_snp_measure() {
         "{ovmf} missing: install the Debian package `ovmf`"
     );
     let args = MeasureArgs {
-        ovmf: PathBuf::from(ovmf),
+        ovmf: Some(PathBuf::from(ovmf)),
+        igvm: None,
         vcpus: 8,
         vcpu_type: "EPYC-Genoa".into(),
         guest_features: 0x1,

@@ -255,3 +255,63 @@ fn malformed_files_are_rejected() {
     bytes.truncate(bytes.len() / 2);
     assert!(load_igvm(&bytes).is_err());
 }
+
+#[test]
+fn run_launch_through_the_model_gives_the_expected_digest() {
+    use veil_snp::igvm::run_launch;
+    let plan = load_igvm(&build(5, 0x10_0000)).unwrap();
+    let mut model = InsecureModelFirmware::new();
+    let mut filled = Vec::new();
+    let mut stored = Vec::new();
+    run_launch(
+        &mut model,
+        &plan,
+        GuestPolicy::new(plan.policy, false).unwrap(),
+        &mut |page| {
+            filled.push((page.gpa, page.page_type));
+            vec![0xee; 4096]
+        },
+        &mut |gpa, data| stored.push((gpa, data.len())),
+        &plan.vcpu_vmsas(2, SIG),
+        &LaunchFinish::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        model.launch_digest().bytes(),
+        plan.launch_digest(2, SIG).unwrap()
+    );
+    // Only non-NORMAL pages asked the VMM for contents.
+    assert!(filled.iter().all(|(_, t)| *t != PageType::Normal));
+    assert_eq!(filled.len(), 6);
+    // Contiguous pages of one type went through one call: 0x100000-0x101fff NORMAL, then
+    // the zero page, 0x9000, 0x5000, 0x6000, 0xa000, and the two parameter pages together.
+    assert_eq!(
+        stored,
+        vec![
+            (0x10_0000, 0x2000),
+            (0x10_2000, 0x1000),
+            (0x9000, 0x1000),
+            (0x5000, 0x1000),
+            (0x6000, 0x1000),
+            (0xa000, 0x1000),
+            (0x20_0000, 0x2000)
+        ]
+    );
+}
+
+#[test]
+fn measure_igvm_cli_prints_the_plan_digest() {
+    use veil_snp::cli::{run_measure, MeasureArgs};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("guest.igvm");
+    std::fs::write(&path, build(1, 0x10_0000)).unwrap();
+    let args = MeasureArgs {
+        ovmf: None,
+        igvm: Some(path),
+        vcpus: 2,
+        vcpu_type: "EPYC-Milan".into(),
+        guest_features: 1,
+    };
+    let printed = run_measure(&args).unwrap();
+    assert_eq!(printed, veil_snp::hex::encode(&by_hand(1, 0x10_0000, 2)));
+}

@@ -5,25 +5,32 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{read_bounded, CliError};
+use crate::cpu_types::signature_of;
+use crate::igvm::{load_igvm, plan::MAX_IGVM_SIZE};
 use crate::ovmf::{ovmf_launch_digest, DEFAULT_GUEST_FEATURES};
 
 /// Firmware images are a few MiB; refuse anything absurd before reading it.
 const MAX_FIRMWARE: u64 = 16 << 20;
 
-/// Arguments of `veil measure`.
+/// Arguments of `veil measure`: exactly one of `--ovmf` and `--igvm`.
 #[derive(Args, Clone, Debug, PartialEq, Eq)]
 pub struct MeasureArgs {
     /// OVMF image launched the way QEMU does (same result as `sev-snp-measure --mode snp`).
-    #[arg(long, value_name = "FILE")]
-    pub ovmf: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "igvm")]
+    pub ovmf: Option<PathBuf>,
+    /// IGVM file launched by Veil through KVM (VMSAs as KVM builds them).
+    #[arg(long, value_name = "FILE", conflicts_with = "ovmf")]
+    pub igvm: Option<PathBuf>,
     /// Number of vCPUs (one VMSA each).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub vcpus: u32,
-    /// QEMU vCPU model, e.g. EPYC-v4, EPYC-Milan, EPYC-Genoa.
+    /// vCPU model whose CPUID signature KVM puts in RDX at reset, e.g. EPYC-v4, EPYC-Milan,
+    /// EPYC-Genoa.
     #[arg(long, value_name = "T")]
     pub vcpu_type: String,
-    /// SEV_FEATURES of every VMSA, hexadecimal (QEMU's default is 0x1, SNP active).
-    #[arg(long, value_name = "HEX", value_parser = parse_features, default_value = "0x1")]
+    /// SEV_FEATURES of every VMSA for --ovmf, hexadecimal (QEMU's default is 0x1, SNP
+    /// active); an IGVM file carries its own.
+    #[arg(long, value_name = "HEX", value_parser = parse_features, default_value = "0x1", conflicts_with = "igvm")]
     pub guest_features: u64,
 }
 
@@ -37,8 +44,18 @@ fn parse_features(value: &str) -> Result<u64, String> {
 
 /// Returns the digest as 96 lowercase hex characters.
 pub fn run_measure(args: &MeasureArgs) -> Result<String, CliError> {
-    let image = read_bounded(&args.ovmf, MAX_FIRMWARE)?;
-    let digest = ovmf_launch_digest(&image, args.vcpus, &args.vcpu_type, args.guest_features)?;
+    let digest = match (&args.ovmf, &args.igvm) {
+        (Some(ovmf), _) => {
+            let image = read_bounded(ovmf, MAX_FIRMWARE)?;
+            ovmf_launch_digest(&image, args.vcpus, &args.vcpu_type, args.guest_features)?
+        }
+        (None, Some(igvm)) => {
+            let bytes = read_bounded(igvm, MAX_IGVM_SIZE as u64)?;
+            let signature = signature_of(&args.vcpu_type)?;
+            load_igvm(&bytes)?.launch_digest(args.vcpus, signature)?
+        }
+        (None, None) => return Err(CliError::NoMeasureSource),
+    };
     Ok(crate::hex::encode(&digest))
 }
 
@@ -95,7 +112,8 @@ mod tests {
     #[test]
     fn missing_file_is_named() {
         let args = MeasureArgs {
-            ovmf: PathBuf::from("/nonexistent/ovmf.fd"),
+            ovmf: Some(PathBuf::from("/nonexistent/ovmf.fd")),
+            igvm: None,
             vcpus: 1,
             vcpu_type: "EPYC".into(),
             guest_features: 1,

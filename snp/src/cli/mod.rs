@@ -29,6 +29,12 @@ pub enum CliError {
     BadPublicKey { path: PathBuf, why: String },
     #[error("give either --vcek or --public-key to verify the report's signature")]
     NoKey,
+    #[error("give either --ovmf or --igvm to measure")]
+    NoMeasureSource,
+    #[error(transparent)]
+    CpuType(#[from] crate::cpu_types::CpuTypeError),
+    #[error(transparent)]
+    Igvm(#[from] crate::igvm::IgvmError),
     #[error(transparent)]
     Ovmf(#[from] crate::ovmf::OvmfError),
     #[error(transparent)]

@@ -1,6 +1,8 @@
-//! IGVM files (the `igvm` crate) turned into a launch plan for Veil's KVM SNP launch, and the
-//! launch digest that plan produces.
+//! IGVM files (the `igvm` crate) turned into a launch plan for Veil's KVM SNP launch, the
+//! launch digest that plan produces, and the launch sequence that carries it out.
 
-mod plan;
+pub mod launch;
+pub mod plan;
 
+pub use launch::run_launch;
 pub use plan::{load_igvm, IgvmError, LaunchPlan, ParameterArea, ParameterUse, PlanPage};
