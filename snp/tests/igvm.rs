@@ -55,6 +55,10 @@ fn page_data(
 }
 
 fn build(kernel_byte: u8, rip: u64) -> Vec<u8> {
+    build_with_insert(kernel_byte, rip, 0x20_0000)
+}
+
+fn build_with_insert(kernel_byte: u8, rip: u64, insert_gpa: u64) -> Vec<u8> {
     let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
         compatibility_mask: MASK,
         highest_vtl: 0,
@@ -105,7 +109,7 @@ fn build(kernel_byte: u8, rip: u64) -> Vec<u8> {
             byte_offset: 0x1000,
         }),
         IgvmDirectiveHeader::ParameterInsert(IGVM_VHS_PARAMETER_INSERT {
-            gpa: 0x20_0000,
+            gpa: insert_gpa,
             compatibility_mask: MASK,
             parameter_area_index: 0,
         }),
@@ -254,6 +258,12 @@ fn malformed_files_are_rejected() {
     let mut bytes = build(1, 0x10_0000);
     bytes.truncate(bytes.len() / 2);
     assert!(load_igvm(&bytes).is_err());
+    // A parameter area inserted where it would run past 2^52.
+    let past_end = build_with_insert(1, 0x10_0000, (1 << 52) - 0x1000);
+    assert!(matches!(
+        load_igvm(&past_end),
+        Err(IgvmError::BadParameterArea { index: 0, .. })
+    ));
 }
 
 #[test]

@@ -30,6 +30,8 @@ use crate::vmsa::{Segment, Vmsa, RESET_EIP};
 pub const MAX_IGVM_SIZE: usize = 1 << 30;
 /// Largest parameter area accepted (parameter areas hold tables and command lines).
 const MAX_PARAMETER_AREA: u64 = 16 << 20;
+/// Guest physical addresses are at most 52 bits.
+const MAX_GPA: u64 = 1 << 52;
 
 /// Errors from reading an IGVM file.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +204,12 @@ pub fn load_igvm(bytes: &[u8]) -> Result<LaunchPlan, IgvmError> {
                 ..
             } => {
                 let gpa = *gpa;
+                if gpa % PAGE_SIZE != 0 || gpa >= MAX_GPA {
+                    return Err(IgvmError::BadPage {
+                        gpa,
+                        why: "not page aligned below 2^52",
+                    });
+                }
                 if flags.is_2mb_page() {
                     return Err(IgvmError::BadPage {
                         gpa,
@@ -269,6 +277,17 @@ pub fn load_igvm(bytes: &[u8]) -> Result<LaunchPlan, IgvmError> {
                     index,
                     why: "inserted before it was declared",
                 })?;
+                let in_range = insert.gpa % PAGE_SIZE == 0
+                    && insert
+                        .gpa
+                        .checked_add(area.size)
+                        .is_some_and(|end| end <= MAX_GPA);
+                if !in_range {
+                    return Err(IgvmError::BadParameterArea {
+                        index,
+                        why: "inserted at an unaligned GPA or beyond 2^52",
+                    });
+                }
                 area.insert_gpa = Some(insert.gpa);
                 for i in 0..area.size / PAGE_SIZE {
                     pages.push(PlanPage {
