@@ -133,6 +133,25 @@ pub struct KvmCreateGuestMemfd {
     pub reserved: [u64; 6],
 }
 
+/// `KVM_MEM_GUEST_MEMFD` flag of `kvm_userspace_memory_region2`.
+pub const KVM_MEM_GUEST_MEMFD: u32 = 1 << 2;
+
+/// `struct kvm_userspace_memory_region2` for KVM_SET_USER_MEMORY_REGION2: a memslot whose
+/// private side lives in a guest_memfd.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvmUserspaceMemoryRegion2 {
+    pub slot: u32,
+    pub flags: u32,
+    pub guest_phys_addr: u64,
+    pub memory_size: u64,
+    pub userspace_addr: u64,
+    pub guest_memfd_offset: u64,
+    pub guest_memfd: u32,
+    pub pad1: u32,
+    pub pad2: [u64; 14],
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +251,28 @@ mod tests {
             size_of::<KvmMemoryAttributes>(),
             size_of::<kvm_bindings::kvm_memory_attributes>()
         );
+    }
+
+    #[test]
+    fn memory_region2_layout() {
+        assert_eq!(size_of::<KvmUserspaceMemoryRegion2>(), 160);
+        assert_eq!(offset_of!(KvmUserspaceMemoryRegion2, slot), 0);
+        assert_eq!(offset_of!(KvmUserspaceMemoryRegion2, flags), 4);
+        assert_eq!(offset_of!(KvmUserspaceMemoryRegion2, guest_phys_addr), 8);
+        assert_eq!(offset_of!(KvmUserspaceMemoryRegion2, memory_size), 16);
+        assert_eq!(offset_of!(KvmUserspaceMemoryRegion2, userspace_addr), 24);
+        assert_eq!(
+            offset_of!(KvmUserspaceMemoryRegion2, guest_memfd_offset),
+            32
+        );
+        assert_eq!(offset_of!(KvmUserspaceMemoryRegion2, guest_memfd), 40);
+        assert_eq!(offset_of!(KvmUserspaceMemoryRegion2, pad1), 44);
+        assert_eq!(offset_of!(KvmUserspaceMemoryRegion2, pad2), 48);
+        assert_eq!(
+            size_of::<KvmUserspaceMemoryRegion2>(),
+            size_of::<kvm_bindings::kvm_userspace_memory_region2>()
+        );
+        assert_eq!(KVM_MEM_GUEST_MEMFD, kvm_bindings::KVM_MEM_GUEST_MEMFD);
     }
 
     #[test]
