@@ -16,6 +16,7 @@ const ENTRY_HEADER: usize = 2 + 16;
 const TABLE_FOOTER_GUID: &str = "96b582de-1fb2-45f7-baea-a366c55a082d";
 const SEV_ES_RESET_BLOCK_GUID: &str = "00f771de-1a7e-4fcb-890e-68c77e2fb44e";
 const SEV_METADATA_GUID: &str = "dc886566-984a-4798-a75e-5585a7bf67cc";
+const SEV_HASH_TABLE_RV_GUID: &str = "7255371f-3a3b-4b04-927b-1da6efa8d454";
 const METADATA_HEADER: usize = 16;
 const METADATA_ITEM: usize = 12;
 /// Largest firmware image accepted (OVMF images are 2-4 MiB; the window below 4 GiB is 16 MiB).
@@ -42,6 +43,16 @@ pub enum OvmfError {
     UnknownSection { index: usize, kind: u32 },
     #[error("vCPU count must be at least 1")]
     NoVcpus,
+    #[error(
+        "a kernel was given but this OVMF has no SNP kernel hashes section (not an AmdSev build)"
+    )]
+    NoKernelHashesSection,
+    #[error("the SEV hash table at page offset {0:#x} would cross its page")]
+    HashTableOffset(usize),
+    #[error("a kernel was given but this OVMF has no SEV hash table entry")]
+    NoHashTableAddress,
+    #[error("the SNP kernel hashes section at GPA {gpa:#x} is {size:#x} bytes; expected one page")]
+    KernelHashesSize { gpa: u64, size: u64 },
     #[error(transparent)]
     CpuType(#[from] CpuTypeError),
     #[error("measuring OVMF section: {0}")]
@@ -77,6 +88,7 @@ pub struct Ovmf<'a> {
     image: &'a [u8],
     sev_es_reset_eip: u32,
     sections: Vec<Section>,
+    hash_table_gpa: Option<u32>,
 }
 
 impl<'a> Ovmf<'a> {
@@ -95,10 +107,12 @@ impl<'a> Ovmf<'a> {
             read_u32(reset, 0).ok_or(OvmfError::BadTable("short reset block"))?;
         let meta = find(SEV_METADATA_GUID).ok_or(OvmfError::MissingEntry("SEV metadata"))?;
         let sections = metadata_sections(image, meta)?;
+        let hash_table_gpa = find(SEV_HASH_TABLE_RV_GUID).and_then(|d| read_u32(d, 0));
         Ok(Self {
             image,
             sev_es_reset_eip,
             sections,
+            hash_table_gpa,
         })
     }
 
@@ -115,19 +129,46 @@ impl<'a> Ovmf<'a> {
 
     /// The digest QEMU + KVM + firmware produce for this image with `vcpus` vCPUs of the
     /// given CPUID signature and SEV_FEATURES (`sev-snp-measure --mode snp` without a kernel).
+    ///
+    /// With `kernel_hashes` (QEMU's `kernel-hashes=on` direct boot), the kernel hashes section
+    /// holds QEMU's SEV hash table and is measured as a NORMAL page.
     pub fn launch_digest(
         &self,
         vcpus: u32,
         vcpu_signature: u32,
         guest_features: u64,
+        kernel_hashes: Option<&KernelHashes>,
     ) -> Result<[u8; DIGEST_SIZE], OvmfError> {
         if vcpus == 0 {
             return Err(OvmfError::NoVcpus);
+        }
+        if kernel_hashes.is_some()
+            && !self
+                .sections
+                .iter()
+                .any(|s| s.kind == SectionKind::KernelHashes)
+        {
+            return Err(OvmfError::NoKernelHashesSection);
         }
         let mut ld = LaunchDigest::new();
         ld.update_normal(self.gpa(), self.image)?;
         for s in &self.sections {
             match s.kind {
+                SectionKind::KernelHashes if kernel_hashes.is_some() => {
+                    let hashes = kernel_hashes.ok_or(OvmfError::NoKernelHashesSection)?;
+                    let table_gpa = self.hash_table_gpa.ok_or(OvmfError::NoHashTableAddress)?;
+                    if s.size != PAGE_SIZE {
+                        return Err(OvmfError::KernelHashesSize {
+                            gpa: s.gpa,
+                            size: s.size,
+                        });
+                    }
+                    let offset = table_gpa as usize % PAGE_SIZE as usize;
+                    let page = hashes
+                        .page(offset)
+                        .ok_or(OvmfError::HashTableOffset(offset))?;
+                    ld.update_normal(s.gpa, &page)?
+                }
                 SectionKind::SnpSecMem | SectionKind::SvsmCaa | SectionKind::KernelHashes => {
                     ld.update_zero(s.gpa, s.size)?
                 }
@@ -151,9 +192,71 @@ pub fn ovmf_launch_digest(
     vcpus: u32,
     vcpu_type: &str,
     guest_features: u64,
+    kernel_hashes: Option<&KernelHashes>,
 ) -> Result<[u8; DIGEST_SIZE], OvmfError> {
     let signature = signature_of(vcpu_type)?;
-    Ovmf::parse(image)?.launch_digest(vcpus, signature, guest_features)
+    Ovmf::parse(image)?.launch_digest(vcpus, signature, guest_features, kernel_hashes)
+}
+
+/// QEMU's SEV hash table for a direct kernel boot with OVMF: SHA-256 of the kernel, the
+/// initrd (empty when none) and the NUL-terminated command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelHashes {
+    pub kernel: [u8; 32],
+    pub initrd: [u8; 32],
+    pub cmdline: [u8; 32],
+}
+
+const HASH_TABLE_GUID: &str = "9438d606-4f22-4cc9-b479-a793d411fd21";
+const KERNEL_ENTRY_GUID: &str = "4de79437-abd2-427f-b835-d5b172d2045b";
+const INITRD_ENTRY_GUID: &str = "44baf731-3a2f-4bd7-9af1-41e29169781d";
+const CMDLINE_ENTRY_GUID: &str = "97d02dd8-bd20-4c94-aa78-e7714d36ab2a";
+/// GUID + u16 length + SHA-256.
+const HASH_ENTRY: usize = 16 + 2 + 32;
+/// GUID + u16 length + three entries (cmdline, initrd, kernel).
+const HASH_TABLE: usize = 16 + 2 + 3 * HASH_ENTRY;
+/// The table is padded to 16 bytes.
+const HASH_TABLE_PADDED: usize = HASH_TABLE.div_ceil(16) * 16;
+
+impl KernelHashes {
+    pub fn new(kernel: &[u8], initrd: Option<&[u8]>, cmdline: Option<&str>) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut line = cmdline.unwrap_or("").as_bytes().to_vec();
+        line.push(0);
+        Self {
+            kernel: Sha256::digest(kernel).into(),
+            initrd: Sha256::digest(initrd.unwrap_or(&[])).into(),
+            cmdline: Sha256::digest(&line).into(),
+        }
+    }
+
+    /// The padded table: header GUID and length, then cmdline, initrd, kernel entries.
+    pub fn table(&self) -> [u8; HASH_TABLE_PADDED] {
+        let mut t = [0u8; HASH_TABLE_PADDED];
+        t[..16].copy_from_slice(&guid_le(HASH_TABLE_GUID));
+        t[16..18].copy_from_slice(&(HASH_TABLE as u16).to_le_bytes());
+        let entries = [
+            (CMDLINE_ENTRY_GUID, &self.cmdline),
+            (INITRD_ENTRY_GUID, &self.initrd),
+            (KERNEL_ENTRY_GUID, &self.kernel),
+        ];
+        for (i, (guid, hash)) in entries.iter().enumerate() {
+            let at = 18 + i * HASH_ENTRY;
+            t[at..at + 16].copy_from_slice(&guid_le(guid));
+            t[at + 16..at + 18].copy_from_slice(&(HASH_ENTRY as u16).to_le_bytes());
+            t[at + 18..at + HASH_ENTRY].copy_from_slice(*hash);
+        }
+        t
+    }
+
+    /// A page holding the table at `offset` (the table address within its page), or None
+    /// when the table would cross the page end.
+    pub fn page(&self, offset: usize) -> Option<Vec<u8>> {
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        page.get_mut(offset..offset.checked_add(HASH_TABLE_PADDED)?)?
+            .copy_from_slice(&self.table());
+        Some(page)
+    }
 }
 
 /// Entries of the GUIDed table that ends 32 bytes before the image end, walked backwards:
@@ -316,15 +419,31 @@ mod tests {
                 },
             ]
         );
-        let one = ovmf.launch_digest(1, 0x00a0_0f11, 1).unwrap();
-        let two = ovmf.launch_digest(2, 0x00a0_0f11, 1).unwrap();
-        let other_sig = ovmf.launch_digest(1, 0x0080_0f12, 1).unwrap();
+        let one = ovmf.launch_digest(1, 0x00a0_0f11, 1, None).unwrap();
+        let two = ovmf.launch_digest(2, 0x00a0_0f11, 1, None).unwrap();
+        let other_sig = ovmf.launch_digest(1, 0x0080_0f12, 1, None).unwrap();
         assert_ne!(one, two);
         assert_ne!(one, other_sig);
         assert!(matches!(
-            ovmf.launch_digest(0, 1, 1),
+            ovmf.launch_digest(0, 1, 1, None),
             Err(OvmfError::NoVcpus)
         ));
+    }
+
+    #[test]
+    fn hash_table_layout_and_bounds() {
+        let h = KernelHashes::new(b"k", Some(b"i"), Some("c"));
+        let t = h.table();
+        assert_eq!(t.len(), 176);
+        assert_eq!(&t[16..18], &168u16.to_le_bytes());
+        assert_eq!(&t[18 + 16..18 + 18], &50u16.to_le_bytes());
+        assert_eq!(&t[18 + 18..18 + 50], &h.cmdline);
+        assert_eq!(&t[118 + 18..118 + 50], &h.kernel);
+        assert!(t[168..].iter().all(|&b| b == 0));
+        assert_eq!(h.page(0xc00).unwrap()[0xc00..0xc00 + 176], t[..]);
+        assert!(h.page(4096 - 176).is_some());
+        assert!(h.page(4096 - 175).is_none());
+        assert!(h.page(usize::MAX).is_none());
     }
 
     #[test]
@@ -355,7 +474,7 @@ mod tests {
         let unaligned = synthetic_image(&[(0x80_0800, 0x1000, 1)]);
         let ovmf = Ovmf::parse(&unaligned).unwrap();
         assert!(matches!(
-            ovmf.launch_digest(1, 1, 1),
+            ovmf.launch_digest(1, 1, 1, None),
             Err(OvmfError::Digest(DigestError::UnalignedGpa { .. }))
         ));
     }

@@ -24,6 +24,9 @@ fn measure_ovmf_equals_sev_snp_measure() {
         vcpus: 8,
         vcpu_type: "EPYC-Genoa".into(),
         guest_features: 0x1,
+        kernel: None,
+        initrd: None,
+        append: None,
     };
     let ours = run_measure(&args).unwrap();
     let reference = reference::run_cli(&[

@@ -142,7 +142,8 @@ fn ovmf_digest_matches_sev_snp_measure() {
         (4, "EPYC-Genoa"),
         (3, "EPYC-Rome"),
     ] {
-        let veil = ovmf_launch_digest(&image, vcpus, vcpu_type, DEFAULT_GUEST_FEATURES).unwrap();
+        let veil =
+            ovmf_launch_digest(&image, vcpus, vcpu_type, DEFAULT_GUEST_FEATURES, None).unwrap();
         let n = vcpus.to_string();
         let reference = run_cli(&[
             "--mode",
@@ -161,7 +162,7 @@ fn ovmf_digest_matches_sev_snp_measure() {
 #[test]
 fn ovmf_guest_features_match_sev_snp_measure() {
     let image = ovmf_image();
-    let veil = ovmf_launch_digest(&image, 2, "EPYC-Milan", 0x21).unwrap();
+    let veil = ovmf_launch_digest(&image, 2, "EPYC-Milan", 0x21, None).unwrap();
     let reference = run_cli(&[
         "--mode",
         "snp",
@@ -177,7 +178,7 @@ fn ovmf_guest_features_match_sev_snp_measure() {
     assert_eq!(hex::encode(&veil), reference);
     assert_ne!(
         veil,
-        ovmf_launch_digest(&image, 2, "EPYC-Milan", DEFAULT_GUEST_FEATURES).unwrap()
+        ovmf_launch_digest(&image, 2, "EPYC-Milan", DEFAULT_GUEST_FEATURES, None).unwrap()
     );
 }
 
@@ -190,4 +191,122 @@ fn ovmf_firmware_prefix_matches_snp_ovmf_hash() {
     ld.update_normal(ovmf.gpa(), &image).unwrap();
     let reference = run_cli(&["--mode", "snp:ovmf-hash", "--ovmf", OVMF]);
     assert_eq!(ld.hex(), reference);
+}
+
+/// GUID text -> firmware (mixed-endian) bytes.
+fn guid_le(text: &str) -> Vec<u8> {
+    let b = hex::decode(&text.replace('-', "")).unwrap();
+    [
+        &[b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6]][..],
+        &b[8..],
+    ]
+    .concat()
+}
+
+/// An OVMF-like image with SEV metadata including a kernel hashes section, as AmdSev builds
+/// of OVMF have, and the footer entries pointing at it.
+fn ovmf_with_kernel_hashes(hash_table_gpa: u32) -> Vec<u8> {
+    let mut img: Vec<u8> = (0..0x10000usize).map(|i| (i % 253) as u8).collect();
+    let items: [(u32, u32, u32); 4] = [
+        (0x80_0000, 0x2000, 1),
+        (0x80_2000, 0x1000, 2),
+        (0x80_3000, 0x1000, 3),
+        (0x80_4000, 0x1000, 0x10),
+    ];
+    let meta_at = 0x8000;
+    let mut meta = b"ASEV".to_vec();
+    meta.extend_from_slice(&((16 + items.len() * 12) as u32).to_le_bytes());
+    meta.extend_from_slice(&1u32.to_le_bytes());
+    meta.extend_from_slice(&(items.len() as u32).to_le_bytes());
+    for (gpa, size, kind) in items {
+        for v in [gpa, size, kind] {
+            meta.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    img[meta_at..meta_at + meta.len()].copy_from_slice(&meta);
+    let mut table = Vec::new();
+    let mut entry = |data: &[u8], guid: &str| {
+        table.extend_from_slice(data);
+        table.extend_from_slice(&((data.len() + 18) as u16).to_le_bytes());
+        table.extend_from_slice(&guid_le(guid));
+    };
+    entry(
+        &((0x10000 - meta_at) as u32).to_le_bytes(),
+        "dc886566-984a-4798-a75e-5585a7bf67cc",
+    );
+    entry(
+        &0x0080_b004u32.to_le_bytes(),
+        "00f771de-1a7e-4fcb-890e-68c77e2fb44e",
+    );
+    let mut hash_entry = hash_table_gpa.to_le_bytes().to_vec();
+    hash_entry.extend_from_slice(&0x400u32.to_le_bytes());
+    entry(&hash_entry, "7255371f-3a3b-4b04-927b-1da6efa8d454");
+    let footer_len = (table.len() + 18) as u16;
+    table.extend_from_slice(&footer_len.to_le_bytes());
+    table.extend_from_slice(&guid_le("96b582de-1fb2-45f7-baea-a366c55a082d"));
+    let end = img.len() - 32;
+    img[end - table.len()..end].copy_from_slice(&table);
+    img
+}
+
+#[test]
+fn direct_kernel_boot_hashes_match_sev_snp_measure() {
+    use veil_snp::ovmf::KernelHashes;
+    let dir = tempfile::tempdir().unwrap();
+    let kernel: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+    let initrd: Vec<u8> = (0..50_000u32).map(|i| (i * 13) as u8).collect();
+    let kernel_path = dir.path().join("vmlinuz");
+    let initrd_path = dir.path().join("initrd");
+    std::fs::write(&kernel_path, &kernel).unwrap();
+    std::fs::write(&initrd_path, &initrd).unwrap();
+    for (table_gpa, with_initrd, append) in [
+        (0x80_4c00u32, true, Some("console=ttyS0 root=/dev/vda")),
+        (0x80_4000, false, None),
+    ] {
+        let image = ovmf_with_kernel_hashes(table_gpa);
+        let ovmf_path = dir.path().join("OVMF.fd");
+        std::fs::write(&ovmf_path, &image).unwrap();
+        let hashes = KernelHashes::new(&kernel, with_initrd.then_some(&initrd[..]), append);
+        let veil = ovmf_launch_digest(&image, 2, "EPYC-Milan", 1, Some(&hashes)).unwrap();
+        let mut args = vec![
+            "--mode".to_string(),
+            "snp".into(),
+            "--ovmf".into(),
+            ovmf_path.display().to_string(),
+            "--vcpus".into(),
+            "2".into(),
+            "--vcpu-type".into(),
+            "EPYC-Milan".into(),
+            "--kernel".into(),
+            kernel_path.display().to_string(),
+        ];
+        if with_initrd {
+            args.extend(["--initrd".into(), initrd_path.display().to_string()]);
+        }
+        if let Some(a) = append {
+            args.extend(["--append".into(), a.to_string()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(
+            hex::encode(&veil),
+            run_cli(&refs),
+            "table at {table_gpa:#x}"
+        );
+        // Without a kernel the section is a ZERO page, on both sides.
+        let plain = ovmf_launch_digest(&image, 2, "EPYC-Milan", 1, None).unwrap();
+        let reference = run_cli(&refs[..8]);
+        assert_eq!(hex::encode(&plain), reference);
+        assert_ne!(plain, veil);
+    }
+}
+
+#[test]
+fn kernel_with_an_ovmf_lacking_the_section_is_refused() {
+    use veil_snp::ovmf::{KernelHashes, OvmfError};
+    let image = ovmf_image();
+    let hashes = KernelHashes::new(b"kernel", None, None);
+    assert!(matches!(
+        ovmf_launch_digest(&image, 1, "EPYC-v4", 1, Some(&hashes)),
+        Err(OvmfError::NoKernelHashesSection)
+    ));
 }

@@ -321,6 +321,9 @@ fn measure_igvm_cli_prints_the_plan_digest() {
         vcpus: 2,
         vcpu_type: "EPYC-Milan".into(),
         guest_features: 1,
+        kernel: None,
+        initrd: None,
+        append: None,
     };
     let printed = run_measure(&args).unwrap();
     assert_eq!(printed, veil_snp::hex::encode(&by_hand(1, 0x10_0000, 2)));

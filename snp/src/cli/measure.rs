@@ -7,10 +7,12 @@ use clap::Args;
 use super::{read_bounded, CliError};
 use crate::cpu_types::signature_of;
 use crate::igvm::{load_igvm, plan::MAX_IGVM_SIZE};
-use crate::ovmf::{ovmf_launch_digest, DEFAULT_GUEST_FEATURES};
+use crate::ovmf::{ovmf_launch_digest, KernelHashes, DEFAULT_GUEST_FEATURES};
 
 /// Firmware images are a few MiB; refuse anything absurd before reading it.
 const MAX_FIRMWARE: u64 = 16 << 20;
+/// Kernels and initrds hashed for a direct boot.
+const MAX_BOOT_FILE: u64 = 2 << 30;
 
 /// Arguments of `veil measure`: exactly one of `--ovmf` and `--igvm`.
 #[derive(Args, Clone, Debug, PartialEq, Eq)]
@@ -32,6 +34,15 @@ pub struct MeasureArgs {
     /// active); an IGVM file carries its own.
     #[arg(long, value_name = "HEX", value_parser = parse_features, default_value = "0x1", conflicts_with = "igvm")]
     pub guest_features: u64,
+    /// Kernel QEMU boots directly with --ovmf (kernel-hashes=on): its hash is measured.
+    #[arg(long, value_name = "FILE", conflicts_with = "igvm")]
+    pub kernel: Option<PathBuf>,
+    /// Initrd of the direct boot (needs --kernel).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line of the direct boot (needs --kernel).
+    #[arg(long, value_name = "CMDLINE", requires = "kernel")]
+    pub append: Option<String>,
 }
 
 fn parse_features(value: &str) -> Result<u64, String> {
@@ -47,7 +58,29 @@ pub fn run_measure(args: &MeasureArgs) -> Result<String, CliError> {
     let digest = match (&args.ovmf, &args.igvm) {
         (Some(ovmf), _) => {
             let image = read_bounded(ovmf, MAX_FIRMWARE)?;
-            ovmf_launch_digest(&image, args.vcpus, &args.vcpu_type, args.guest_features)?
+            let hashes = match &args.kernel {
+                Some(kernel) => {
+                    let kernel = read_bounded(kernel, MAX_BOOT_FILE)?;
+                    let initrd = args
+                        .initrd
+                        .as_ref()
+                        .map(|p| read_bounded(p, MAX_BOOT_FILE))
+                        .transpose()?;
+                    Some(KernelHashes::new(
+                        &kernel,
+                        initrd.as_deref(),
+                        args.append.as_deref(),
+                    ))
+                }
+                None => None,
+            };
+            ovmf_launch_digest(
+                &image,
+                args.vcpus,
+                &args.vcpu_type,
+                args.guest_features,
+                hashes.as_ref(),
+            )?
         }
         (None, Some(igvm)) => {
             let bytes = read_bounded(igvm, MAX_IGVM_SIZE as u64)?;
@@ -114,6 +147,9 @@ mod tests {
         let args = MeasureArgs {
             ovmf: Some(PathBuf::from("/nonexistent/ovmf.fd")),
             igvm: None,
+            kernel: None,
+            initrd: None,
+            append: None,
             vcpus: 1,
             vcpu_type: "EPYC".into(),
             guest_features: 1,
