@@ -13,6 +13,7 @@ use kvm_ioctls::VmFd;
 
 use super::uapi::*;
 use crate::cpuid_page::CpuidPage;
+use crate::digest::DigestError;
 use crate::firmware::{FirmwareError, LaunchFinish, LaunchFirmware};
 use crate::page_info::{PageType, PAGE_SIZE};
 use crate::policy::GuestPolicy;
@@ -227,8 +228,11 @@ impl<C: SevCommands> LaunchFirmware for KvmSnpFirmware<C> {
             return Err(FirmwareError::VmsaUpdate(gpa));
         }
         let len = data.len() as u64;
-        if gpa % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 {
-            return Err(crate::digest::DigestError::UnalignedLength {
+        if gpa % PAGE_SIZE != 0 {
+            return Err(DigestError::UnalignedGpa { gpa, page_type }.into());
+        }
+        if len % PAGE_SIZE != 0 || len == 0 {
+            return Err(DigestError::UnalignedLength {
                 gpa,
                 len,
                 page_type,
@@ -488,9 +492,13 @@ mod tests {
             fw.launch_update(0, PageType::Vmsa, &mut pages(1)),
             Err(FirmwareError::VmsaUpdate(0))
         ));
-        assert!(fw
-            .launch_update(0x800, PageType::Normal, &mut pages(1))
-            .is_err());
+        assert!(matches!(
+            fw.launch_update(0x800, PageType::Normal, &mut pages(1)),
+            Err(FirmwareError::Digest(DigestError::UnalignedGpa {
+                gpa: 0x800,
+                ..
+            }))
+        ));
         assert!(fw.launch_update(0, PageType::Normal, &mut []).is_err());
         assert!(fw.commands().attributes.is_empty());
     }
