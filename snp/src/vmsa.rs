@@ -5,7 +5,8 @@
 //! page at [`crate::VMSA_GPA`]:
 //! - it copies the leading part of the vCPU's ordinary VMCB save area: segment registers
 //!   (from KVM_SET_SREGS), EFER with SVME forced on, CR0 (KVM clears CD/NW under its default
-//!   quirks), CR3, CR4 (MCE forced on for SEV-ES), DR7, RFLAGS, G_PAT (KVM's default PAT);
+//!   quirks), CR3, CR4 (with the host's MCE bit ORed in), DR7, RFLAGS, G_PAT (KVM's default
+//!   PAT unless the VMM writes the PAT MSR);
 //! - it copies the GPRs and RIP from KVM_SET_REGS, and XCR0, XSS, PKRU and DR6 from the vCPU;
 //! - it sets SEV_FEATURES to the VMSA features chosen at KVM_SEV_INIT2;
 //! - it copies the x87/SSE/AVX state (FCW, MXCSR, registers) from the guest FPU state.
@@ -165,8 +166,9 @@ impl Vmsa {
         }
     }
 
-    /// The VMSA KVM builds from a vCPU loaded with these registers: KVM forces EFER.SVME
-    /// and, for SEV-ES guests, CR4.MCE, and (with its default quirks) clears CR0.CD/NW.
+    /// The VMSA KVM builds from a vCPU loaded with these registers: KVM forces EFER.SVME,
+    /// ORs the host's CR4.MCE into the guest CR4 (`svm_set_cr4`; set on every SNP host), and
+    /// (with its default quirks) clears CR0.CD/NW.
     /// [`Vmsa::qemu_reset`] already has these applied.
     pub fn as_kvm_builds(&self) -> Self {
         const EFER_SVME: u64 = 1 << 12;
