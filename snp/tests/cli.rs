@@ -22,7 +22,8 @@ fn measure_ovmf_equals_sev_snp_measure() {
         ovmf: Some(PathBuf::from(ovmf)),
         igvm: None,
         vcpus: 8,
-        vcpu_type: "EPYC-Genoa".into(),
+        vcpu_type: Some("EPYC-Genoa".into()),
+        vcpu_sig: None,
         guest_features: 0x1,
         kernel: None,
         initrd: None,
@@ -163,4 +164,32 @@ fn report_verify_rejects_bad_inputs_without_panicking() {
     a.vcek = Some(f.key.clone());
     let err = run_report_verify(&a).unwrap_err().to_string();
     assert!(err.contains("VCEK"), "{err}");
+}
+
+#[test]
+fn measure_with_a_raw_signature_equals_sev_snp_measure() {
+    let ovmf = "/usr/share/OVMF/OVMF_CODE.fd";
+    let args = MeasureArgs {
+        ovmf: Some(PathBuf::from(ovmf)),
+        igvm: None,
+        vcpus: 3,
+        vcpu_type: None,
+        vcpu_sig: Some(0x00a1_0f11),
+        guest_features: 0x1,
+        kernel: None,
+        initrd: None,
+        append: None,
+    };
+    let ours = run_measure(&args).unwrap();
+    let reference = reference::run_cli(&[
+        "--mode",
+        "snp",
+        "--ovmf",
+        ovmf,
+        "--vcpus",
+        "3",
+        "--vcpu-sig",
+        "0xa10f11",
+    ]);
+    assert_eq!(ours, reference);
 }

@@ -7,7 +7,7 @@ use clap::Args;
 use super::{read_bounded, CliError};
 use crate::cpu_types::signature_of;
 use crate::igvm::{load_igvm, plan::MAX_IGVM_SIZE};
-use crate::ovmf::{ovmf_launch_digest, KernelHashes, DEFAULT_GUEST_FEATURES};
+use crate::ovmf::{KernelHashes, Ovmf, DEFAULT_GUEST_FEATURES};
 
 /// Firmware images are a few MiB; refuse anything absurd before reading it.
 const MAX_FIRMWARE: u64 = 16 << 20;
@@ -28,8 +28,12 @@ pub struct MeasureArgs {
     pub vcpus: u32,
     /// vCPU model whose CPUID signature KVM puts in RDX at reset, e.g. EPYC-v4, EPYC-Milan,
     /// EPYC-Genoa.
-    #[arg(long, value_name = "T")]
-    pub vcpu_type: String,
+    #[arg(long, value_name = "T", required_unless_present = "vcpu_sig")]
+    pub vcpu_type: Option<String>,
+    /// The CPUID leaf 1 EAX signature itself (hexadecimal), e.g. the host's with CPUID
+    /// passthrough.
+    #[arg(long, value_name = "HEX", value_parser = parse_sig, conflicts_with = "vcpu_type")]
+    pub vcpu_sig: Option<u32>,
     /// SEV_FEATURES of every VMSA for --ovmf, hexadecimal (QEMU's default is 0x1, SNP
     /// active); an IGVM file carries its own.
     #[arg(long, value_name = "HEX", value_parser = parse_features, default_value = "0x1", conflicts_with = "igvm")]
@@ -45,6 +49,15 @@ pub struct MeasureArgs {
     pub append: Option<String>,
 }
 
+fn parse_sig(value: &str) -> Result<u32, String> {
+    let digits = value
+        .trim()
+        .trim_start_matches("0x")
+        .trim_start_matches("0X");
+    u32::from_str_radix(digits, 16)
+        .map_err(|e| format!("{value:?} is not a 32-bit hexadecimal value: {e}"))
+}
+
 fn parse_features(value: &str) -> Result<u64, String> {
     let digits = value
         .trim()
@@ -55,6 +68,11 @@ fn parse_features(value: &str) -> Result<u64, String> {
 
 /// Returns the digest as 96 lowercase hex characters.
 pub fn run_measure(args: &MeasureArgs) -> Result<String, CliError> {
+    let signature = match (args.vcpu_sig, &args.vcpu_type) {
+        (Some(sig), _) => sig,
+        (None, Some(name)) => signature_of(name)?,
+        (None, None) => return Err(CliError::NoVcpuSignature),
+    };
     let digest = match (&args.ovmf, &args.igvm) {
         (Some(ovmf), _) => {
             let image = read_bounded(ovmf, MAX_FIRMWARE)?;
@@ -74,17 +92,15 @@ pub fn run_measure(args: &MeasureArgs) -> Result<String, CliError> {
                 }
                 None => None,
             };
-            ovmf_launch_digest(
-                &image,
+            Ovmf::parse(&image)?.launch_digest(
                 args.vcpus,
-                &args.vcpu_type,
+                signature,
                 args.guest_features,
                 hashes.as_ref(),
             )?
         }
         (None, Some(igvm)) => {
             let bytes = read_bounded(igvm, MAX_IGVM_SIZE as u64)?;
-            let signature = signature_of(&args.vcpu_type)?;
             load_igvm(&bytes)?.launch_digest(args.vcpus, signature)?
         }
         (None, None) => return Err(CliError::NoMeasureSource),
@@ -151,7 +167,8 @@ mod tests {
             initrd: None,
             append: None,
             vcpus: 1,
-            vcpu_type: "EPYC".into(),
+            vcpu_type: Some("EPYC".into()),
+            vcpu_sig: None,
             guest_features: 1,
         };
         let err = run_measure(&args).unwrap_err().to_string();

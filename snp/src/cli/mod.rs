@@ -31,6 +31,8 @@ pub enum CliError {
     NoKey,
     #[error("give either --ovmf or --igvm to measure")]
     NoMeasureSource,
+    #[error("give either --vcpu-type or --vcpu-sig")]
+    NoVcpuSignature,
     #[error(transparent)]
     CpuType(#[from] crate::cpu_types::CpuTypeError),
     #[error(transparent)]
