@@ -42,6 +42,8 @@ const MODELS: &[(&str, u32, u32, u32)] = &[
     ("EPYC-Genoa", 25, 17, 0),
     ("EPYC-Genoa-v1", 25, 17, 0),
     ("EPYC-Turin", 26, 0, 0),
+    ("EPYC-Turin-v1", 26, 0, 0),
+    ("EPYC-Turin-v2", 26, 0, 0),
 ];
 
 /// The CPUID signature of a QEMU vCPU model name (case-sensitive, as QEMU spells it).

@@ -310,3 +310,34 @@ fn kernel_with_an_ovmf_lacking_the_section_is_refused() {
         Err(OvmfError::NoKernelHashesSection)
     ));
 }
+
+/// The `sev` crate's measurement module is a second reference, in Rust, without python.
+#[test]
+fn ovmf_digest_matches_the_sev_crate() {
+    use sev::measurement::snp::{snp_calc_launch_digest, SnpMeasurementArgs};
+    use sev::measurement::vcpu_types::CpuType;
+    let image = ovmf_image();
+    for (vcpus, vcpu_type) in [
+        (1, "EPYC-v4"),
+        (2, "EPYC-Milan"),
+        (5, "EPYC-Genoa"),
+        (2, "EPYC-Turin-v2"),
+    ] {
+        let theirs = snp_calc_launch_digest(SnpMeasurementArgs {
+            vcpus,
+            vcpu_type: CpuType::try_from(vcpu_type).unwrap(),
+            ovmf_file: OVMF.into(),
+            guest_features: Default::default(),
+            kernel_file: None,
+            initrd_file: None,
+            append: None,
+            ovmf_hash_str: None,
+            vmm_type: None,
+        })
+        .unwrap();
+        let theirs: Vec<u8> = theirs.try_into().unwrap();
+        let ours =
+            ovmf_launch_digest(&image, vcpus, vcpu_type, DEFAULT_GUEST_FEATURES, None).unwrap();
+        assert_eq!(ours.to_vec(), theirs, "{vcpus} x {vcpu_type}");
+    }
+}
