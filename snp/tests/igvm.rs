@@ -59,6 +59,15 @@ fn build(kernel_byte: u8, rip: u64) -> Vec<u8> {
 }
 
 fn build_with_insert(kernel_byte: u8, rip: u64, insert_gpa: u64) -> Vec<u8> {
+    build_full(kernel_byte, rip, insert_gpa, None)
+}
+
+fn build_full(
+    kernel_byte: u8,
+    rip: u64,
+    insert_gpa: u64,
+    id_block: Option<IgvmDirectiveHeader>,
+) -> Vec<u8> {
     let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
         compatibility_mask: MASK,
         highest_vtl: 0,
@@ -120,6 +129,8 @@ fn build_with_insert(kernel_byte: u8, rip: u64, insert_gpa: u64) -> Vec<u8> {
             vmsa: bsp_vmsa(rip),
         },
     ];
+    let mut directives = directives;
+    directives.extend(id_block);
     let file = IgvmFile::new(IgvmRevision::V1, vec![platform], vec![policy], directives).unwrap();
     let mut out = Vec::new();
     file.serialize(&mut out).unwrap();
@@ -328,4 +339,98 @@ fn measure_igvm_cli_prints_the_plan_digest() {
     };
     let printed = run_measure(&args).unwrap();
     assert_eq!(printed, veil_snp::hex::encode(&by_hand(1, 0x10_0000, 2)));
+}
+
+/// An IGVM SnpIdBlock directive carrying `block` signed by `key`, taken apart from the
+/// firmware-layout auth block Veil builds.
+fn id_block_directive(
+    block: &veil_snp::firmware::IdBlock,
+    key: &p384::ecdsa::SigningKey,
+) -> (IgvmDirectiveHeader, veil_snp::firmware::IdAuthBlock) {
+    use igvm_defs::{IGVM_VHS_SNP_ID_BLOCK_PUBLIC_KEY, IGVM_VHS_SNP_ID_BLOCK_SIGNATURE};
+    let auth = veil_snp::firmware::IdAuthBlock::sign(block, key);
+    let a = auth.as_bytes();
+    let sig = |at: usize| {
+        Box::new(IGVM_VHS_SNP_ID_BLOCK_SIGNATURE {
+            r_comp: a[at..at + 72].try_into().unwrap(),
+            s_comp: a[at + 72..at + 144].try_into().unwrap(),
+        })
+    };
+    let key_at = |at: usize| {
+        Box::new(IGVM_VHS_SNP_ID_BLOCK_PUBLIC_KEY {
+            curve: u32::from_le_bytes(a[at..at + 4].try_into().unwrap()),
+            reserved: 0,
+            qx: a[at + 4..at + 76].try_into().unwrap(),
+            qy: a[at + 76..at + 148].try_into().unwrap(),
+        })
+    };
+    let header = IgvmDirectiveHeader::SnpIdBlock {
+        compatibility_mask: MASK,
+        author_key_enabled: 0,
+        reserved: [0; 3],
+        ld: block.ld,
+        family_id: block.family_id,
+        image_id: block.image_id,
+        version: block.version,
+        guest_svn: block.guest_svn,
+        id_key_algorithm: 1,
+        author_key_algorithm: 1,
+        id_key_signature: sig(0x40),
+        id_public_key: key_at(0x240),
+        author_key_signature: sig(0x680),
+        author_public_key: key_at(0x880),
+    };
+    (header, auth)
+}
+
+#[test]
+fn id_block_from_the_file_reaches_launch_finish() {
+    use veil_snp::firmware::IdBlock;
+    use veil_snp::igvm::run_launch;
+    let expected = load_igvm(&build(1, 0x10_0000))
+        .unwrap()
+        .launch_digest(1, SIG)
+        .unwrap();
+    let block = IdBlock {
+        ld: expected,
+        family_id: [0x46; 16],
+        image_id: [0x49; 16],
+        version: 1,
+        guest_svn: 7,
+        policy: 0x30000,
+    };
+    let key = p384::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let (header, auth) = id_block_directive(&block, &key);
+    let plan = load_igvm(&build_full(1, 0x10_0000, 0x20_0000, Some(header))).unwrap();
+    let id = plan.id.clone().expect("ID block loaded");
+    assert_eq!(id.block, block);
+    assert_eq!(id.auth, auth);
+    assert!(!id.author_key_enabled);
+    // The ID block does not change the digest.
+    assert_eq!(plan.launch_digest(1, SIG).unwrap(), expected);
+
+    let launch = |vcpus: u32| {
+        let mut model = InsecureModelFirmware::new();
+        let finish = LaunchFinish {
+            id: Some((id.block, id.auth.clone())),
+            ..LaunchFinish::default()
+        };
+        run_launch(
+            &mut model,
+            &plan,
+            GuestPolicy::new(plan.policy, false).unwrap(),
+            &mut |_| vec![0; 4096],
+            &mut |_, _| {},
+            &plan.vcpu_vmsas(vcpus, SIG),
+            &finish,
+        )
+        .map(|()| model)
+    };
+    let model = launch(1).unwrap();
+    let report = model.attestation_report([0; 64], 0).unwrap();
+    assert_eq!(report.image_id(), [0x49; 16]);
+    assert_eq!(report.guest_svn(), 7);
+    // Two vCPUs measure differently from what the ID block promises: refused.
+    let err = launch(2).err().expect("digest mismatch").to_string();
+    assert!(err.contains("launch digest"), "{err}");
 }

@@ -5,4 +5,6 @@ pub mod launch;
 pub mod plan;
 
 pub use launch::run_launch;
-pub use plan::{load_igvm, IgvmError, LaunchPlan, ParameterArea, ParameterUse, PlanPage};
+pub use plan::{
+    load_igvm, IgvmError, LaunchPlan, ParameterArea, ParameterUse, PlanIdBlock, PlanPage,
+};

@@ -23,6 +23,7 @@ use igvm::{
 use igvm_defs::{IgvmPageDataType, IgvmPlatformType};
 
 use crate::digest::{DigestError, LaunchDigest};
+use crate::firmware::{IdAuthBlock, IdBlock, ID_AUTH_SIZE};
 use crate::page_info::{PageType, DIGEST_SIZE, PAGE_SIZE};
 use crate::vmsa::{Segment, Vmsa, RESET_EIP};
 
@@ -106,6 +107,34 @@ pub struct LaunchPlan {
     pub sev_features: u64,
     /// (GPA, size) ranges the guest requires as RAM.
     pub required_memory: Vec<(u64, u64)>,
+    /// The ID block and its authentication for LAUNCH_FINISH, when the file has one.
+    pub id: Option<PlanIdBlock>,
+}
+
+/// An ID block carried by the file, converted to the firmware's structures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanIdBlock {
+    pub block: IdBlock,
+    pub auth: IdAuthBlock,
+    pub author_key_enabled: bool,
+}
+
+/// Offsets in the firmware's ID authentication structure (see `firmware::id_block`).
+const AUTH_ID_BLOCK_SIG: usize = 0x40;
+const AUTH_ID_KEY: usize = 0x240;
+const AUTH_ID_KEY_SIG: usize = 0x680;
+const AUTH_AUTHOR_KEY: usize = 0x880;
+
+fn put_signature(auth: &mut [u8], at: usize, sig: &igvm_defs::IGVM_VHS_SNP_ID_BLOCK_SIGNATURE) {
+    auth[at..at + 72].copy_from_slice(&sig.r_comp);
+    auth[at + 72..at + 144].copy_from_slice(&sig.s_comp);
+}
+
+/// The firmware's key layout has QX right after the curve; IGVM's has a reserved word between.
+fn put_key(auth: &mut [u8], at: usize, key: &igvm_defs::IGVM_VHS_SNP_ID_BLOCK_PUBLIC_KEY) {
+    auth[at..at + 4].copy_from_slice(&key.curve.to_le_bytes());
+    auth[at + 4..at + 76].copy_from_slice(&key.qx);
+    auth[at + 76..at + 148].copy_from_slice(&key.qy);
 }
 
 fn segment(s: &igvm::snp_defs::SevSelector) -> Segment {
@@ -191,6 +220,7 @@ pub fn load_igvm(bytes: &[u8]) -> Result<LaunchPlan, IgvmError> {
     let mut areas: BTreeMap<u32, ParameterArea> = BTreeMap::new();
     let mut bsp = None;
     let mut required_memory = Vec::new();
+    let mut id = None;
     for header in file.directives() {
         if header.compatibility_mask().is_some_and(|m| !applies(m)) {
             continue;
@@ -303,6 +333,41 @@ pub fn load_igvm(bytes: &[u8]) -> Result<LaunchPlan, IgvmError> {
                 }
                 bsp = Some(vmsa_from_igvm(vmsa));
             }
+            IgvmDirectiveHeader::SnpIdBlock {
+                author_key_enabled,
+                ld,
+                family_id,
+                image_id,
+                version,
+                guest_svn,
+                id_key_algorithm,
+                author_key_algorithm,
+                id_key_signature,
+                id_public_key,
+                author_key_signature,
+                author_public_key,
+                ..
+            } => {
+                let mut auth = vec![0u8; ID_AUTH_SIZE];
+                auth[0..4].copy_from_slice(&id_key_algorithm.to_le_bytes());
+                auth[4..8].copy_from_slice(&author_key_algorithm.to_le_bytes());
+                put_signature(&mut auth, AUTH_ID_BLOCK_SIG, id_key_signature);
+                put_key(&mut auth, AUTH_ID_KEY, id_public_key);
+                put_signature(&mut auth, AUTH_ID_KEY_SIG, author_key_signature);
+                put_key(&mut auth, AUTH_AUTHOR_KEY, author_public_key);
+                id = Some(PlanIdBlock {
+                    block: IdBlock {
+                        ld: *ld,
+                        family_id: *family_id,
+                        image_id: *image_id,
+                        version: *version,
+                        guest_svn: *guest_svn,
+                        policy,
+                    },
+                    auth: IdAuthBlock::parse(&auth).map_err(|e| IgvmError::Parse(e.to_string()))?,
+                    author_key_enabled: *author_key_enabled != 0,
+                });
+            }
             IgvmDirectiveHeader::RequiredMemory {
                 gpa,
                 number_of_bytes,
@@ -335,6 +400,7 @@ pub fn load_igvm(bytes: &[u8]) -> Result<LaunchPlan, IgvmError> {
         parameter_areas: areas.into_values().collect(),
         bsp,
         required_memory,
+        id,
     })
 }
 
