@@ -1,1 +1,21 @@
-//! placeholder
+//! AMD SEV-SNP support for Veil: guest policy, launch digest (PAGE_INFO chain), the VMSA as
+//! KVM builds it, the CPUID page, OVMF expected measurements, attestation reports, the launch
+//! firmware trait with its KVM and insecure software-model backends, and CLI front ends.
+
+pub mod cli;
+pub mod cpu_types;
+pub mod cpuid_page;
+pub mod digest;
+pub mod firmware;
+pub mod hex;
+pub mod igvm;
+pub mod kvm;
+pub mod ovmf;
+pub mod page_info;
+pub mod policy;
+pub mod report;
+pub mod vmsa;
+
+pub use digest::{DigestError, LaunchDigest};
+pub use page_info::{PageInfo, PageType, DIGEST_SIZE, PAGE_SIZE, VMSA_GPA};
+pub use policy::{GuestPolicy, PolicyError};

@@ -1,0 +1,72 @@
+//! Command-line front ends for the `veil` binary: argument structs (clap derive) and functions
+//! that do the work and return the text to print. The binary only wires them up.
+
+mod measure;
+mod report_verify;
+
+pub use measure::{run_measure, MeasureArgs};
+pub use report_verify::{run_report_verify, ReportVerifyArgs};
+
+use std::path::{Path, PathBuf};
+
+/// Errors of the command-line operations.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file} is larger than {limit} bytes")]
+    TooLarge { file: PathBuf, limit: u64 },
+    #[error("--{flag} {value:?}: expected {bytes} bytes as hexadecimal")]
+    BadHex {
+        flag: &'static str,
+        value: String,
+        bytes: usize,
+    },
+    #[error("--public-key {path}: not a P-384 public key in PEM: {why}")]
+    BadPublicKey { path: PathBuf, why: String },
+    #[error("give either --vcek or --public-key to verify the report's signature")]
+    NoKey,
+    #[error("give either --ovmf or --igvm to measure")]
+    NoMeasureSource,
+    #[error("give either --vcpu-type or --vcpu-sig")]
+    NoVcpuSignature,
+    #[error(transparent)]
+    CpuType(#[from] crate::cpu_types::CpuTypeError),
+    #[error(transparent)]
+    Igvm(#[from] crate::igvm::IgvmError),
+    #[error(transparent)]
+    Ovmf(#[from] crate::ovmf::OvmfError),
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
+    #[error(transparent)]
+    Verify(#[from] crate::report::VerifyError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+}
+
+/// Reads a whole file of at most `limit` bytes.
+fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, CliError> {
+    let read_err = |source| CliError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    if len > limit {
+        return Err(CliError::TooLarge {
+            file: path.to_path_buf(),
+            limit,
+        });
+    }
+    std::fs::read(path).map_err(read_err)
+}
+
+fn parse_hex<const N: usize>(flag: &'static str, value: &str) -> Result<[u8; N], CliError> {
+    crate::hex::decode_array(value.trim()).ok_or_else(|| CliError::BadHex {
+        flag,
+        value: value.to_string(),
+        bytes: N,
+    })
+}

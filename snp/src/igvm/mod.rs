@@ -1,0 +1,10 @@
+//! IGVM files (the `igvm` crate) turned into a launch plan for Veil's KVM SNP launch, the
+//! launch digest that plan produces, and the launch sequence that carries it out.
+
+pub mod launch;
+pub mod plan;
+
+pub use launch::run_launch;
+pub use plan::{
+    load_igvm, IgvmError, LaunchPlan, ParameterArea, ParameterUse, PlanIdBlock, PlanPage,
+};
