@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{DEFAULT_CMDLINE, DEFAULT_KVM_DEVICE, DEFAULT_MEM_MIB};
+use crate::snp_launch::DEFAULT_POLICY;
 use crate::{
     demo, BlockConfig, Console, CpuTemplate, KernelSource, Vm, VmConfig, VmError, VmExit,
     VmOutcome, VsockConfig,
 };
+use crate::{SnpConfig, SnpFirmware};
 
 /// Veil: a micro-VMM that runs each pod in its own (SEV-SNP) virtual machine.
 #[derive(Debug, Parser)]
@@ -26,6 +28,19 @@ pub enum Command {
     Run(RunArgs),
     /// Boot the small built-in guest and report how long each stage of the boot took.
     Demo(MachineArgs),
+    /// Print the expected SEV-SNP launch digest (96 hex characters), without hardware.
+    Measure(veil_snp::cli::MeasureArgs),
+    /// SEV-SNP attestation reports.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Check a report's signature (VCEK chain or a public key) and expected fields.
+    Verify(veil_snp::cli::ReportVerifyArgs),
 }
 
 /// Options shared by every command that boots a VM.
@@ -55,8 +70,34 @@ pub struct MachineArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Guest kernel: an uncompressed ELF vmlinux or a bzImage.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "igvm",
+        conflicts_with = "igvm"
+    )]
+    pub kernel: Option<PathBuf>,
+    /// An IGVM file, launched as an SEV-SNP guest.
+    #[arg(long, value_name = "FILE", conflicts_with = "initrd")]
+    pub igvm: Option<PathBuf>,
+    /// Launch the IGVM file as an SEV-SNP guest through KVM (the default for --igvm).
+    #[arg(long)]
+    pub snp: bool,
+    /// Who performs the SNP launch: `kvm` (the AMD secure processor) or `model`, an insecure
+    /// software model that computes the same launch digest, for development; with `model`
+    /// the guest then runs as a normal, unencrypted VM.
+    #[arg(long, value_enum, default_value = "kvm")]
+    pub snp_firmware: FirmwareArg,
+    /// SNP guest policy, hexadecimal (bit 17 must be set; DEBUG is refused).
+    #[arg(long, value_name = "HEX", value_parser = parse_policy)]
+    pub policy: Option<u64>,
+    /// HOST_DATA for LAUNCH_FINISH, 64 hex characters (the SHA-256 of the pod's policy).
+    #[arg(long, value_name = "HEX", value_parser = parse_host_data)]
+    pub host_data: Option<[u8; 32]>,
+    /// With --snp-firmware model: write a model-signed attestation report to FILE and the
+    /// model's public key to FILE.pub.pem, for `veil report verify`.
+    #[arg(long, value_name = "FILE")]
+    pub model_report: Option<PathBuf>,
     /// Initial ramdisk loaded at the top of low memory.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
@@ -83,6 +124,31 @@ pub struct RunArgs {
     pub machine: MachineArgs,
 }
 
+/// `--snp-firmware` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FirmwareArg {
+    Kvm,
+    Model,
+}
+
+fn parse_policy(value: &str) -> Result<u64, String> {
+    let digits = value.trim_start_matches("0x");
+    u64::from_str_radix(digits, 16)
+        .map_err(|e| format!("{value:?} is not a hexadecimal policy: {e}"))
+}
+
+fn parse_host_data(value: &str) -> Result<[u8; 32], String> {
+    let bad = || format!("{value:?} is not 32 bytes as 64 hexadecimal characters");
+    if value.len() != 64 || !value.is_ascii() {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&value[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
 /// An error the CLI reports before or instead of running the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -95,6 +161,10 @@ pub enum CliError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Snp(#[from] veil_snp::cli::CliError),
+    #[error("--snp, --snp-firmware, --policy, --host-data and --model-report need --igvm")]
+    SnpNeedsIgvm,
     #[error("invalid --disk '{spec}': {reason}")]
     DiskSpec { spec: String, reason: &'static str },
 }
@@ -156,24 +226,7 @@ const EXIT_VMM_ERROR: u8 = 1;
 /// Runs the CLI; `start` is when the process started, for the timings.
 pub fn main(cli: Cli, start: Instant) -> ExitCode {
     let result = match cli.command {
-        Command::Run(args) => {
-            let metrics = args.machine.metrics_json.clone();
-            let kernel = KernelSource::Path(args.kernel);
-            args.machine.into_config(kernel).and_then(|mut config| {
-                config.cmdline = args.cmdline;
-                config.initrd = args.initrd;
-                config.disks = args.disks;
-                config.vsock = args
-                    .vsock_cid
-                    .zip(args.vsock_uds)
-                    .map(|(guest_cid, uds_path)| VsockConfig {
-                        guest_cid,
-                        uds_path,
-                    });
-                config.boot_timer = args.boot_timer;
-                boot(config, start, metrics)
-            })
-        }
+        Command::Run(args) => run(args, start),
         Command::Demo(machine) => {
             let metrics = machine.metrics_json.clone();
             let code = KernelSource::Flat64(demo::guest_code().to_vec());
@@ -181,11 +234,16 @@ pub fn main(cli: Cli, start: Instant) -> ExitCode {
                 config.boot_timer = true;
                 boot(config, start, metrics)
             });
-            outcome.inspect(print_demo_report)
+            outcome.inspect(print_demo_report).map(Some)
         }
+        Command::Measure(args) => print_result(veil_snp::cli::run_measure(&args)),
+        Command::Report {
+            command: ReportCommand::Verify(args),
+        } => print_result(veil_snp::cli::run_report_verify(&args)),
     };
     match result {
-        Ok(outcome) => exit_status(&outcome.exit),
+        Ok(Some(outcome)) => exit_status(&outcome.exit),
+        Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("veil: error: {}", error_chain(&e));
             ExitCode::from(EXIT_VMM_ERROR)
@@ -193,8 +251,61 @@ pub fn main(cli: Cli, start: Instant) -> ExitCode {
     }
 }
 
+fn print_result(
+    result: Result<String, veil_snp::cli::CliError>,
+) -> Result<Option<VmOutcome>, CliError> {
+    println!("{}", result?);
+    Ok(None)
+}
+
+fn run(args: RunArgs, start: Instant) -> Result<Option<VmOutcome>, CliError> {
+    let metrics = args.machine.metrics_json.clone();
+    let kernel = match (args.kernel, args.igvm) {
+        (_, Some(igvm)) => KernelSource::Igvm(igvm),
+        (Some(kernel), None) => KernelSource::Path(kernel),
+        (None, None) => unreachable!("clap requires --kernel or --igvm"),
+    };
+    let snp_options = args.snp
+        || args.snp_firmware == FirmwareArg::Model
+        || args.policy.is_some()
+        || args.host_data.is_some()
+        || args.model_report.is_some();
+    if snp_options && !matches!(kernel, KernelSource::Igvm(_)) {
+        return Err(CliError::SnpNeedsIgvm);
+    }
+    let snp = matches!(kernel, KernelSource::Igvm(_)).then(|| SnpConfig {
+        firmware: match args.snp_firmware {
+            FirmwareArg::Kvm => SnpFirmware::Kvm,
+            FirmwareArg::Model => SnpFirmware::Model,
+        },
+        policy: args.policy.unwrap_or(DEFAULT_POLICY),
+        host_data: args.host_data.unwrap_or_default(),
+        model_report: args.model_report,
+    });
+    let mut config = args.machine.into_config(kernel)?;
+    config.cmdline = args.cmdline;
+    config.initrd = args.initrd;
+    config.disks = args.disks;
+    config.vsock = args
+        .vsock_cid
+        .zip(args.vsock_uds)
+        .map(|(guest_cid, uds_path)| VsockConfig {
+            guest_cid,
+            uds_path,
+        });
+    config.boot_timer = args.boot_timer;
+    config.snp = snp;
+    boot(config, start, metrics).map(Some)
+}
+
 fn boot(config: VmConfig, start: Instant, metrics: Option<PathBuf>) -> Result<VmOutcome, CliError> {
     let vm = Vm::with_start(config, start)?;
+    if let Some(launch) = vm.snp_model_launch() {
+        eprintln!(
+            "veil: SNP launch digest (INSECURE model firmware): {} ({} measured bytes, vCPU signature {:#x})",
+            launch.digest, launch.measured_bytes, launch.vcpu_signature
+        );
+    }
     stop_on_signals(vm.stop_handle());
     let outcome = vm.run()?;
     if !outcome.exit.is_clean() {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 pub use veil_devices::virtio::block::BlockConfig;
 pub use veil_devices::virtio::vsock::VsockConfig;
 
+use crate::snp_launch::SnpConfig;
 use crate::x86_64::cpu_template::CpuTemplate;
 use crate::x86_64::layout::{CMDLINE_MAX_LEN, MIN_MEM_BYTES};
 use crate::x86_64::mptable;
@@ -27,6 +28,8 @@ pub enum KernelSource {
     /// An uncompressed ELF `vmlinux` (booted through its PVH entry when it has one, else its
     /// 64-bit entry point) or a `bzImage` (64-bit boot protocol).
     Path(PathBuf),
+    /// An IGVM file, launched as an SEV-SNP guest (see [`VmConfig::snp`]).
+    Igvm(PathBuf),
     /// Position-independent 64-bit code, loaded at 1 MiB and entered at its first byte in long
     /// mode with the boot_params address in RSI, like a 64-bit kernel. For built-in guests.
     Flat64(Vec<u8>),
@@ -35,7 +38,7 @@ pub enum KernelSource {
 impl fmt::Debug for KernelSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Path(p) => write!(f, "{}", p.display()),
+            Self::Path(p) | Self::Igvm(p) => write!(f, "{}", p.display()),
             Self::Flat64(code) => write!(f, "<{} bytes of built-in 64-bit code>", code.len()),
         }
     }
@@ -81,6 +84,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// Attach the boot timer device at `layout::BOOT_TIMER_ADDR`.
     pub boot_timer: bool,
+    /// How to launch a [`KernelSource::Igvm`] guest; `None` means through KVM with the
+    /// default policy.
+    pub snp: Option<SnpConfig>,
 }
 
 impl VmConfig {
@@ -98,6 +104,7 @@ impl VmConfig {
             disks: Vec::new(),
             vsock: None,
             boot_timer: false,
+            snp: None,
         }
     }
 
@@ -122,6 +129,9 @@ impl VmConfig {
                 len: self.cmdline.len(),
                 max: CMDLINE_MAX_LEN,
             });
+        }
+        if self.snp.is_some() && !matches!(self.kernel, KernelSource::Igvm(_)) {
+            return Err(ConfigError::SnpWithoutIgvm);
         }
         if let Some(pos) = self.cmdline.bytes().position(|b| b == 0 || b == b'\n') {
             return Err(ConfigError::CmdlineInvalidByte { pos });
@@ -173,6 +183,8 @@ pub enum ConfigError {
         device_args: usize,
         max: usize,
     },
+    #[error("an SEV-SNP launch needs an IGVM file (--igvm), not a kernel")]
+    SnpWithoutIgvm,
     #[error("kernel command line has a NUL or newline byte at offset {pos}")]
     CmdlineInvalidByte { pos: usize },
 }

@@ -18,12 +18,14 @@ pub mod console;
 pub mod demo;
 pub mod devices;
 mod event_loop;
+pub mod snp_launch;
 pub mod vcpu;
 pub mod vm;
 pub mod x86_64;
 
 pub use config::{BlockConfig, Console, KernelSource, VmConfig, VsockConfig};
 pub use devices::DiskHandle;
+pub use snp_launch::{SnpConfig, SnpFirmware};
 pub use vcpu::{RegisterDump, VmExit};
 pub use vm::{BootTimings, StopHandle, Vm, VmError, VmOutcome};
 pub use x86_64::cpu_template::CpuTemplate;

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use veil_devices::bus::Bus;
@@ -20,16 +21,19 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
-use crate::config::{ConfigError, Console, VmConfig};
+use crate::config::{ConfigError, Console, KernelSource, VmConfig};
 use crate::console::{self, ConsoleError};
 use crate::devices::{self, Attached, DeviceError, DiskHandle};
 use crate::event_loop::{Control, StdinForwarder, Wake};
+use crate::snp_launch::{self, GuestFacts, ModelLaunch, SnpConfig, SnpFirmware, SnpLaunchError};
 use crate::vcpu::{self, ExitLatch, Vcpu, VcpuShared, VmExit};
 use crate::x86_64::boot::{self, BootError};
 use crate::x86_64::cpuid::vcpu_cpuid;
 use crate::x86_64::layout::{ram_regions, KVM_IDENTITY_MAP_START, KVM_TSS_START};
 use crate::x86_64::mptable::{self, MptableError};
+use crate::x86_64::regs::EntryMode;
 use crate::x86_64::regs::{self, RegsError};
+use veil_snp::vmsa::Vmsa;
 
 /// Errors while building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,8 @@ pub enum VmError {
     Console(#[from] ConsoleError),
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(transparent)]
+    Snp(#[from] SnpLaunchError),
     #[error("cannot create an event fd or thread for the VM: {0}")]
     Io(#[from] std::io::Error),
     #[error("cannot install the vCPU kick signal handler: {0}")]
@@ -128,6 +134,7 @@ pub struct Vm {
     first_console_byte: Arc<OnceLock<Instant>>,
     devices: Attached,
     cmdline: String,
+    snp_launch: Option<ModelLaunch>,
 }
 
 impl Vm {
@@ -139,6 +146,18 @@ impl Vm {
     /// Builds a VM, timing its stages from `start`.
     pub fn with_start(mut config: VmConfig, start: Instant) -> Result<Self, VmError> {
         config.validate()?;
+        // An SNP launch is refused before anything is created when the host cannot do it.
+        let snp = match &config.kernel {
+            KernelSource::Igvm(path) => {
+                let snp = config.snp.clone().unwrap_or_else(SnpConfig::kvm_default);
+                if snp.firmware == SnpFirmware::Kvm {
+                    snp_launch::check_kvm_host()?;
+                    return Err(SnpLaunchError::KvmLaunchMissing.into());
+                }
+                Some((snp_launch::load_plan(path)?, snp))
+            }
+            _ => None,
+        };
         let kvm = open_kvm(&config.kvm_device)?;
         let max = kvm.get_max_vcpus() as u32;
         if config.vcpus > max {
@@ -147,67 +166,65 @@ impl Vm {
                 max,
             });
         }
-        let vm_fd = kvm.create_vm().map_err(kvm_err("create a VM"))?;
-        vm_fd
-            .set_tss_address(KVM_TSS_START as usize)
-            .map_err(kvm_err("set the TSS address"))?;
-        vm_fd
-            .set_identity_map_address(KVM_IDENTITY_MAP_START)
-            .map_err(kvm_err("set the identity map address"))?;
-        vm_fd
-            .create_irq_chip()
-            .map_err(kvm_err("create the in-kernel interrupt controller"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm_fd
-            .create_pit2(pit)
-            .map_err(kvm_err("create the in-kernel PIT"))?;
-
+        let vm_fd = create_vm(&kvm)?;
         let mem_bytes = config.mem_bytes();
         let memory = create_memory(&vm_fd, config.mem_mib)?;
-        let kernel = boot::load_kernel(&memory, &config.kernel, mem_bytes)?;
-        let initrd = match &config.initrd {
-            Some(path) => Some(boot::load_initrd(&memory, path, &kernel, mem_bytes)?),
-            None => None,
-        };
-        let mut mmio = Bus::new();
-        let boot_timer = config.boot_timer.then_some(start);
-        let devices = devices::attach(
-            &vm_fd,
-            &memory,
-            &mut mmio,
-            std::mem::take(&mut config.disks),
-            config.vsock.take(),
-            boot_timer,
-        )?;
-        let cmdline = config.full_cmdline(&devices.cmdline_args)?;
-        boot::write_boot_params(&memory, &kernel, &cmdline, initrd, mem_bytes)?;
-        regs::write_boot_tables(&memory)?;
-        mptable::write_mptable(&memory, config.vcpus)?;
-
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("report its supported CPUID"))?;
-        let msrs = regs::boot_msrs();
-        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
-        for id in 0..config.vcpus {
-            let vcpu = vm_fd
-                .create_vcpu(u64::from(id))
-                .map_err(kvm_err("create a vCPU"))?;
-            let cpuid = vcpu_cpuid(&supported, id, config.vcpus, config.cpu_template);
-            vcpu.set_cpuid2(&cpuid)
-                .map_err(kvm_err("set the vCPU's CPUID"))?;
-            regs::set_msrs(&vcpu, &msrs)?;
-            vcpu.set_fpu(&regs::boot_fpu())
-                .map_err(kvm_err("set the vCPU's FPU state"))?;
-            regs::set_lint(&vcpu)?;
-            if id == 0 {
-                regs::setup_boot_vcpu(&vcpu, kernel.entry)?;
+        let cpuids: Vec<CpuId> = (0..config.vcpus)
+            .map(|id| vcpu_cpuid(&supported, id, config.vcpus, config.cpu_template))
+            .collect();
+
+        let mut mmio = Bus::new();
+        let boot_timer = config.boot_timer.then_some(start);
+        let (entry, devices, cmdline, snp_launch) = match snp {
+            None => {
+                let kernel = boot::load_kernel(&memory, &config.kernel, mem_bytes)?;
+                let initrd = match &config.initrd {
+                    Some(path) => Some(boot::load_initrd(&memory, path, &kernel, mem_bytes)?),
+                    None => None,
+                };
+                let devices = devices::attach(
+                    &vm_fd,
+                    &memory,
+                    &mut mmio,
+                    std::mem::take(&mut config.disks),
+                    config.vsock.take(),
+                    boot_timer,
+                )?;
+                let cmdline = config.full_cmdline(&devices.cmdline_args)?;
+                boot::write_boot_params(&memory, &kernel, &cmdline, initrd, mem_bytes)?;
+                regs::write_boot_tables(&memory)?;
+                mptable::write_mptable(&memory, config.vcpus)?;
+                (BootEntry::Linux(kernel.entry), devices, cmdline, None)
             }
-            vcpus.push(vcpu);
-        }
+            Some((plan, snp)) => {
+                let devices = devices::attach(
+                    &vm_fd,
+                    &memory,
+                    &mut mmio,
+                    std::mem::take(&mut config.disks),
+                    config.vsock.take(),
+                    boot_timer,
+                )?;
+                let cmdline = config.full_cmdline(&devices.cmdline_args)?;
+                let facts = GuestFacts {
+                    mem_bytes,
+                    vcpus: config.vcpus,
+                    cmdline: &cmdline,
+                    cpuid: &cpuids[0],
+                };
+                let launch = snp_launch::launch_with_model(&memory, &plan, &snp, &facts)?;
+                (
+                    BootEntry::Vmsa(Box::new(plan.bsp)),
+                    devices,
+                    cmdline,
+                    Some(launch),
+                )
+            }
+        };
+        let vcpus = create_vcpus(&vm_fd, &cpuids, &entry)?;
 
         let first_console_byte = Arc::new(OnceLock::new());
         let forward_stdin = matches!(config.console, Console::Stdout);
@@ -246,6 +263,7 @@ impl Vm {
             first_console_byte,
             devices,
             cmdline,
+            snp_launch,
         })
     }
 
@@ -268,6 +286,11 @@ impl Vm {
     /// The command line the guest was given (the configured one plus device arguments).
     pub fn cmdline(&self) -> &str {
         &self.cmdline
+    }
+
+    /// What the insecure model firmware measured, for an IGVM launched with it.
+    pub fn snp_model_launch(&self) -> Option<&ModelLaunch> {
+        self.snp_launch.as_ref()
     }
 
     /// The KVM VM, for registering further devices.
@@ -369,6 +392,70 @@ impl Vm {
         let mut serial = lock(&self.serial);
         let _ = serial.flush_output();
     }
+}
+
+/// Where the boot vCPU starts.
+enum BootEntry {
+    /// A Linux boot protocol entry, registers set up by the VMM.
+    Linux(EntryMode),
+    /// The register state an IGVM file gives for the boot vCPU.
+    Vmsa(Box<Vmsa>),
+}
+
+/// A KVM VM with the in-kernel interrupt controllers and PIT.
+fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
+    let vm_fd = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+    vm_fd
+        .set_tss_address(KVM_TSS_START as usize)
+        .map_err(kvm_err("set the TSS address"))?;
+    vm_fd
+        .set_identity_map_address(KVM_IDENTITY_MAP_START)
+        .map_err(kvm_err("set the identity map address"))?;
+    vm_fd
+        .create_irq_chip()
+        .map_err(kvm_err("create the in-kernel interrupt controller"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm_fd
+        .create_pit2(pit)
+        .map_err(kvm_err("create the in-kernel PIT"))?;
+    Ok(vm_fd)
+}
+
+/// Creates one vCPU per CPUID; the boot vCPU gets its entry state, the others wait for SIPI.
+fn create_vcpus(vm_fd: &VmFd, cpuids: &[CpuId], entry: &BootEntry) -> Result<Vec<VcpuFd>, VmError> {
+    let msrs = regs::boot_msrs();
+    let mut vcpus = Vec::with_capacity(cpuids.len());
+    for (id, cpuid) in cpuids.iter().enumerate() {
+        let vcpu = vm_fd
+            .create_vcpu(id as u64)
+            .map_err(kvm_err("create a vCPU"))?;
+        vcpu.set_cpuid2(cpuid)
+            .map_err(kvm_err("set the vCPU's CPUID"))?;
+        regs::set_msrs(&vcpu, &msrs)?;
+        vcpu.set_fpu(&regs::boot_fpu())
+            .map_err(kvm_err("set the vCPU's FPU state"))?;
+        regs::set_lint(&vcpu)?;
+        if id == 0 {
+            match entry {
+                BootEntry::Linux(mode) => regs::setup_boot_vcpu(&vcpu, *mode)?,
+                BootEntry::Vmsa(vmsa) => {
+                    let sregs = vcpu
+                        .get_sregs()
+                        .map_err(kvm_err("report the vCPU's special registers"))?;
+                    let (regs, sregs) = snp_launch::bsp_registers(vmsa, sregs);
+                    vcpu.set_sregs(&sregs)
+                        .map_err(kvm_err("set the IGVM boot vCPU's special registers"))?;
+                    vcpu.set_regs(&regs)
+                        .map_err(kvm_err("set the IGVM boot vCPU's registers"))?;
+                }
+            }
+        }
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -36,6 +36,10 @@ pub enum BootError {
         "kernel {path} is neither an ELF vmlinux nor a bzImage (no ELF magic, no 'HdrS' at 0x202)"
     )]
     UnknownKernelFormat { path: PathBuf },
+    #[error(
+        "{path} is an IGVM file: it is launched through an SNP firmware, not loaded as a kernel"
+    )]
+    IgvmIsNotAKernel { path: PathBuf },
     #[error("kernel {path} is not a loadable x86_64 kernel: {reason}")]
     CorruptKernel { path: PathBuf, reason: String },
     #[error(
@@ -115,6 +119,7 @@ pub fn load_kernel(
                 setup_header: None,
             })
         }
+        KernelSource::Igvm(path) => Err(BootError::IgvmIsNotAKernel { path: path.clone() }),
         KernelSource::Path(path) => {
             let mut file = File::open(path).map_err(|source| BootError::Open {
                 what: "kernel",
