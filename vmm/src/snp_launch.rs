@@ -169,7 +169,7 @@ pub fn launch_with_model(
         id: plan
             .id
             .as_ref()
-            .map(|id| (id.block.clone(), id.auth.clone())),
+            .map(|id| (id.block, id.auth.clone())),
         author_key_enabled: plan.id.as_ref().is_some_and(|id| id.author_key_enabled),
         host_data: config.host_data,
     };
