@@ -85,27 +85,22 @@ fn target_dir() -> PathBuf {
 }
 
 /// `cargo build --release` of `veil` and `kvm-floor`, so the figures are for the current code.
+/// One package per invocation, as `cargo build -p veil-vmm` and `cargo run -p veil-benches`
+/// do: building both at once unifies dependency features differently and rebuilds them.
 fn build_binaries() -> Result<(), MainError> {
-    let what = "veil and kvm-floor";
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "veil-vmm",
-            "--bin",
-            "veil",
-            "-p",
-            "veil-benches",
-            "--bin",
-            "kvm-floor",
-        ])
-        .status()
-        .map_err(|source| MainError::CargoSpawn { what, source })?;
-    if !status.success() {
-        return Err(MainError::CargoFailed { what, status });
+    for (what, package, bin) in [
+        ("veil", "veil-vmm", "veil"),
+        ("kvm-floor", "veil-benches", "kvm-floor"),
+    ] {
+        let status = Command::new(&cargo)
+            .current_dir(workspace_root())
+            .args(["build", "--release", "-p", package, "--bin", bin])
+            .status()
+            .map_err(|source| MainError::CargoSpawn { what, source })?;
+        if !status.success() {
+            return Err(MainError::CargoFailed { what, status });
+        }
     }
     Ok(())
 }
