@@ -224,3 +224,52 @@ impl Drop for Launched {
 pub fn ms_between(from: Instant, to: Instant) -> f64 {
     to.saturating_duration_since(from).as_secs_f64() * 1e3
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Launched {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        Launched::spawn(c).unwrap()
+    }
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn finds_the_line_then_reaps_the_exit_status() {
+        let mut p = sh("echo boot; echo 'Hello there'; echo after; exit 3");
+        let at = p.wait_for_line("Hello", LONG).unwrap();
+        assert!(at >= p.spawned_at);
+        assert_eq!(p.remaining_lines(LONG), ["after\n"]);
+        let ended = p.wait(LONG).unwrap();
+        assert_eq!(ended.status, 3);
+        assert!(ended.at >= at);
+    }
+
+    #[test]
+    fn a_signalled_process_reports_128_plus_the_signal() {
+        let mut p = sh("echo up; exec sleep 60");
+        p.wait_for_line("up", LONG).unwrap();
+        p.signal(libc::SIGTERM);
+        assert_eq!(p.wait(LONG).unwrap().status, 128 + libc::SIGTERM);
+    }
+
+    #[test]
+    fn a_missing_line_is_an_error_that_quotes_stderr() {
+        let mut p = sh("echo other; echo 'no kvm here' >&2");
+        let err = p.wait_for_line("Hello", LONG).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, LaunchError::NoLine { .. }), "{text}");
+        assert!(text.contains("no kvm here"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_program_is_a_spawn_error() {
+        let err = Launched::spawn(Command::new("/nonexistent/vmm"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("/nonexistent/vmm"), "{err}");
+    }
+}

@@ -169,11 +169,12 @@ fn find_pvh_entry(notes: &[u8], base: usize) -> Result<Option<u32>, ElfError> {
         let desc_len = u32_at(notes, at + 4) as usize;
         let kind = u32_at(notes, at + 8);
         let name_start = at + 12;
-        let desc_start = name_start + align4(name_len).ok_or_else(bad)?;
-        let desc_end = desc_start.checked_add(desc_len).ok_or_else(bad)?;
-        let name = notes
-            .get(name_start..name_start + name_len)
+        let name_end = name_start.checked_add(name_len).ok_or_else(bad)?;
+        let desc_start = align4(name_len)
+            .and_then(|n| name_start.checked_add(n))
             .ok_or_else(bad)?;
+        let desc_end = desc_start.checked_add(desc_len).ok_or_else(bad)?;
+        let name = notes.get(name_start..name_end).ok_or_else(bad)?;
         let desc = notes.get(desc_start..desc_end).ok_or_else(bad)?;
         if name == b"Xen\0" && kind == XEN_ELFNOTE_PHYS32_ENTRY {
             // The entry is a 32-bit address; some linkers emit it as a 64-bit value.
