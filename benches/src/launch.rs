@@ -104,13 +104,19 @@ impl Launched {
             match self.lines.recv_timeout(left) {
                 Ok((at, line)) if line.contains(needle) => return Ok(at),
                 Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                Err(e) => {
+                    // Stdout closed: the process is ending and its stderr will close soon.
+                    // Still running: its stderr stays open; don't wait for it.
+                    let wait = match e {
+                        RecvTimeoutError::Disconnected => Duration::from_secs(5),
+                        RecvTimeoutError::Timeout => Duration::from_millis(100),
+                    };
                     return Err(LaunchError::NoLine {
                         program: self.program.clone(),
                         needle: needle.to_string(),
                         timeout,
-                        stderr: self.stderr_tail(),
-                    })
+                        stderr: self.stderr_tail(wait),
+                    });
                 }
             }
         }
@@ -129,13 +135,15 @@ impl Launched {
         lines
     }
 
-    /// What the process wrote on stderr, if it has exited (empty otherwise), prefixed for an
-    /// error message.
-    fn stderr_tail(&self) -> String {
-        match self.stderr.recv_timeout(Duration::from_millis(100)) {
+    /// The end of what the process wrote on stderr, once its stderr closed within `wait`
+    /// (empty otherwise), prefixed for an error message.
+    fn stderr_tail(&self, wait: Duration) -> String {
+        match self.stderr.recv_timeout(wait) {
             Ok(text) if !text.trim().is_empty() => {
                 let text = text.trim();
-                let tail = &text[text.len().saturating_sub(400)..];
+                // The last 400 characters (not bytes: the text may be any UTF-8).
+                let from = text.char_indices().rev().nth(399).map_or(0, |(i, _)| i);
+                let tail = &text[from..];
                 format!("; its stderr ends: {tail}")
             }
             _ => String::new(),
