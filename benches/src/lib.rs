@@ -1,1 +1,15 @@
-//! placeholder
+//! Veil's benchmark harness: boots the same tiny guest with `veil`, a minimal KVM program
+//! (the floor) and QEMU microvm, and reports boot latency, memory and density figures as JSON
+//! and Markdown. See `benches/README.md`.
+
+pub mod bench;
+pub mod floor;
+pub mod guest;
+pub mod launch;
+pub mod machine;
+pub mod proc_mem;
+pub mod pvh_elf;
+pub mod report;
+pub mod sections;
+pub mod stats;
+pub mod vmm;

@@ -1,0 +1,215 @@
+//! `cargo run --release -p veil-benches -- [--quick] [--out DIR]`: builds `veil` and the floor
+//! (release), assembles the tiny guests, runs every section and writes
+//! `DIR/bench-<time>.json` and `DIR/bench-<time>.md`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use veil_benches::bench::{Bench, Plan};
+use veil_benches::guest::{self, TinyGuest};
+use veil_benches::machine;
+use veil_benches::report::{rfc3339_utc, Report, SCHEMA};
+use veil_benches::sections;
+use veil_benches::vmm::Tools;
+
+/// Veil's benchmark harness: boot latency, memory and density against a KVM floor program and
+/// QEMU microvm, in one run.
+#[derive(Debug, Parser)]
+#[command(name = "veil-benches", version)]
+struct Args {
+    /// Fewer repetitions: finishes in under two minutes (for CI).
+    #[arg(long)]
+    quick: bool,
+    /// Where the JSON and Markdown reports go [default: <workspace>/target/bench-results].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Run only these sections (comma separated).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    only: Vec<String>,
+    /// The `veil` binary to measure; by default it is built (release) from this workspace.
+    #[arg(long, value_name = "PATH")]
+    veil: Option<PathBuf>,
+    /// The floor binary; by default it is built (release) from this workspace.
+    #[arg(long, value_name = "PATH")]
+    floor: Option<PathBuf>,
+    /// QEMU to compare with.
+    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// The guest kernel for the Linux boot section [default: <workspace>/target/guest-kernel/vmlinux].
+    #[arg(long, value_name = "PATH")]
+    vmlinux: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error("unknown section '{0}' (known: {known})", known = sections::names().join(", "))]
+    UnknownSection(String),
+    #[error("cannot run cargo to build {what}: {source}")]
+    CargoSpawn {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("building {what} failed ({status})")]
+    CargoFailed {
+        what: &'static str,
+        status: std::process::ExitStatus,
+    },
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Guest(#[from] guest::GuestBuildError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The workspace this crate belongs to.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// `cargo build --release` of `veil` and `kvm-floor`, so the figures are for the current code.
+/// One package per invocation, as `cargo build -p veil-vmm` and `cargo run -p veil-benches`
+/// do: building both at once unifies dependency features differently and rebuilds them.
+fn build_binaries() -> Result<(), MainError> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    for (what, package, bin) in [
+        ("veil", "veil-vmm", "veil"),
+        ("kvm-floor", "veil-benches", "kvm-floor"),
+    ] {
+        let status = Command::new(&cargo)
+            .current_dir(workspace_root())
+            .args(["build", "--release", "-p", package, "--bin", bin])
+            .status()
+            .map_err(|source| MainError::CargoSpawn { what, source })?;
+        if !status.success() {
+            return Err(MainError::CargoFailed { what, status });
+        }
+    }
+    Ok(())
+}
+
+/// QEMU's full path, when it is installed.
+fn find_qemu(qemu: &Path) -> Option<PathBuf> {
+    if qemu.components().count() > 1 {
+        return qemu.is_file().then(|| qemu.to_owned());
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(qemu))
+        .find(|p| p.is_file())
+}
+
+fn run(args: Args) -> Result<PathBuf, MainError> {
+    for name in &args.only {
+        if !sections::names().contains(&name.as_str()) {
+            return Err(MainError::UnknownSection(name.clone()));
+        }
+    }
+    if args.veil.is_none() || args.floor.is_none() {
+        build_binaries()?;
+    }
+    let release = target_dir().join("release");
+    let tools = Tools {
+        veil: args.veil.unwrap_or_else(|| release.join("veil")),
+        floor: args.floor.unwrap_or_else(|| release.join("kvm-floor")),
+        qemu: find_qemu(&args.qemu),
+    };
+    let scratch = tempfile::tempdir().map_err(|source| MainError::Dir {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let exit_guest = guest::build(TinyGuest::Exit, scratch.path())?;
+    let idle_guest = guest::build(TinyGuest::Idle, scratch.path())?;
+    let cores = machine::cores();
+    let bench = Bench {
+        exit_guest,
+        idle_guest,
+        vmlinux: args
+            .vmlinux
+            .unwrap_or_else(|| target_dir().join("guest-kernel/vmlinux")),
+        cores,
+        plan: if args.quick {
+            Plan::quick(cores)
+        } else {
+            Plan::full(cores)
+        },
+        tools,
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut report = Report {
+        schema: SCHEMA,
+        started_at: rfc3339_utc(now),
+        quick: args.quick,
+        machine: machine::machine(),
+        versions: machine::versions(&bench.tools.veil, bench.tools.qemu.as_deref()),
+        sections: Vec::new(),
+    };
+    for entry in sections::ALL {
+        if !args.only.is_empty() && !args.only.iter().any(|n| n == entry.name) {
+            continue;
+        }
+        eprintln!("veil-benches: running {}", entry.name);
+        report.sections.push((entry.run)(&bench));
+    }
+    let out = args
+        .out
+        .unwrap_or_else(|| target_dir().join("bench-results"));
+    std::fs::create_dir_all(&out).map_err(|source| MainError::Dir {
+        path: out.clone(),
+        source,
+    })?;
+    let stem = format!("bench-{}", report.started_at.replace(':', ""));
+    let json_path = out.join(format!("{stem}.json"));
+    let json = serde_json::to_string_pretty(&report).expect("the report serialises");
+    write(&json_path, &json)?;
+    let markdown = report.markdown();
+    write(&out.join(format!("{stem}.md")), &markdown)?;
+    println!("{markdown}");
+    Ok(json_path)
+}
+
+fn write(path: &Path, text: &str) -> Result<(), MainError> {
+    std::fs::write(path, text).map_err(|source| MainError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn main() -> ExitCode {
+    if let Ok(filter) = std::env::var("VEIL_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match run(Args::parse()) {
+        Ok(path) => {
+            eprintln!("veil-benches: wrote {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("veil-benches: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Boot latency of the tiny PVH guest: spawn -> its console line, and spawn -> process exit,
+//! for Veil, the floor and QEMU microvm in interleaved rounds. (Peak RSS is measured in the
+//! memory section: see `launch.rs` for why not from these runs.)
+
+use std::collections::BTreeMap;
+
+use crate::bench::{expect_exit, rotated, Bench, Failures, RunError, TINY_TIMEOUT};
+use crate::guest::EXIT_GREETING;
+use crate::launch::{ms_between, Launched};
+use crate::report::Section;
+use crate::stats::median_ratio;
+use crate::vmm::{Shape, Vmm};
+
+/// Goal from issue 6: spawn -> line at most this times the floor's.
+pub const TARGET_VS_FLOOR: f64 = 1.5;
+/// Goal from issue 6: spawn -> line at most this times QEMU microvm's.
+pub const TARGET_VS_QEMU: f64 = 0.1;
+
+#[derive(Default)]
+struct Samples {
+    line_ms: Vec<f64>,
+    exit_ms: Vec<f64>,
+}
+
+struct Run {
+    line_ms: f64,
+    exit_ms: f64,
+}
+
+fn one_run(b: &Bench, vmm: Vmm) -> Option<Result<Run, RunError>> {
+    let command = b.tools.tiny_guest(vmm, &b.exit_guest, Shape::SMALL)?;
+    Some((|| {
+        let mut vm = Launched::spawn(command)?;
+        let line_at = vm.wait_for_line(EXIT_GREETING, TINY_TIMEOUT)?;
+        let ended = expect_exit(&mut vm, vmm.clean_exit_status())?;
+        Ok(Run {
+            line_ms: ms_between(vm.spawned_at, line_at),
+            exit_ms: ms_between(vm.spawned_at, ended.at),
+        })
+    })())
+}
+
+pub fn run(b: &Bench) -> Section {
+    let mut section = Section::new("Boot latency: tiny PVH guest, 1 vCPU / 128 MiB");
+    let mut samples: BTreeMap<&str, Samples> = BTreeMap::new();
+    let mut failures = Failures::default();
+    for round in 0..b.plan.boot_rounds {
+        for vmm in rotated(round) {
+            match one_run(b, vmm) {
+                None => {}
+                Some(Ok(r)) => {
+                    let s = samples.entry(vmm.name()).or_default();
+                    s.line_ms.push(r.line_ms);
+                    s.exit_ms.push(r.exit_ms);
+                }
+                Some(Err(e)) => failures.add(vmm.name(), e),
+            }
+        }
+    }
+    let mut line = BTreeMap::new();
+    for vmm in Vmm::ALL {
+        let Some(s) = samples.get(vmm.name()) else {
+            continue;
+        };
+        let name = vmm.name();
+        line.insert(
+            name,
+            section.figure(format!("{name}: spawn -> guest line"), "ms", &s.line_ms),
+        );
+        section.figure(format!("{name}: spawn -> process exit"), "ms", &s.exit_ms);
+    }
+    let get = |n: &str| line.get(n).copied().flatten();
+    let veil = get(Vmm::Veil.name());
+    section.ratio(
+        "veil/floor, spawn -> guest line (medians)",
+        median_ratio(veil.as_ref(), get(Vmm::Floor.name()).as_ref()),
+        Some(TARGET_VS_FLOOR),
+    );
+    section.ratio(
+        "veil/qemu, spawn -> guest line (medians)",
+        median_ratio(veil.as_ref(), get(Vmm::Qemu.name()).as_ref()),
+        Some(TARGET_VS_QEMU),
+    );
+    if b.tools.qemu.is_none() {
+        section.note("qemu-system-x86_64 not found: QEMU columns skipped");
+    }
+    section.note(format!(
+        "{} interleaved rounds; the exit guest writes 0xfe to port 0x64 (veil, floor) and to isa-debug-exit at 0xf4 (QEMU)",
+        b.plan.boot_rounds
+    ));
+    for n in failures.notes() {
+        section.note(n);
+    }
+    section
+}

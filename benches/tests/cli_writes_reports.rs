@@ -1,0 +1,70 @@
+//! The harness binary end to end, on the sections that need no VM: it writes one JSON and one
+//! Markdown report per run, with the machine, the versions and every section it was asked for.
+
+use std::process::Command;
+
+#[test]
+fn writes_json_and_markdown_for_the_selected_sections() {
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_veil-benches"))
+        .args(["--quick", "--only", "devices,snp,kernel"])
+        .args(["--veil", "/bin/true", "--floor", "/bin/true"])
+        .args(["--vmlinux", "/nonexistent/vmlinux"])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    let mut files: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(files[0].extension().unwrap(), "json");
+    assert_eq!(files[1].extension().unwrap(), "md");
+    assert_eq!(files[0].file_stem(), files[1].file_stem());
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
+    assert_eq!(json["schema"], "veil-benches/1");
+    assert_eq!(json["quick"], true);
+    assert!(json["machine"]["cores"].as_u64().unwrap() >= 1);
+    assert!(!json["machine"]["kernel"].as_str().unwrap().is_empty());
+    let sections = json["sections"].as_array().unwrap();
+    let statuses: Vec<&str> = sections
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    // Run in the harness's order, not the order asked for.
+    assert_eq!(statuses, ["skipped", "not_yet", "not_yet"]);
+    assert!(sections[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("/nonexistent/vmlinux"));
+
+    let md = std::fs::read_to_string(&files[1]).unwrap();
+    assert!(
+        md.contains("Skipped: no guest kernel at /nonexistent/vmlinux"),
+        "{md}"
+    );
+    assert_eq!(md.matches("Not measured yet:").count(), 2, "{md}");
+}
+
+#[test]
+fn unknown_section_is_refused_by_name() {
+    let run = Command::new(env!("CARGO_BIN_EXE_veil-benches"))
+        .args([
+            "--only",
+            "boot,warp-speed",
+            "--veil",
+            "/bin/true",
+            "--floor",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("unknown section 'warp-speed'"), "{err}");
+}
