@@ -234,7 +234,7 @@ fn blk_guest_pattern_reaches_the_host_file_and_read_only_writes_fail() {
     let disk = std::fs::read(&rw).unwrap();
     assert_eq!(disk.len(), 1 << 20, "the image changed size");
     for (sector, data) in disk.chunks(SECTOR).enumerate() {
-        let written = sector < 16 || sector >= 2040;
+        let written = !(16..2040).contains(&sector);
         for (i, &b) in data.iter().enumerate() {
             let want = if written { blk_pattern(sector, i) } else { 0 };
             assert_eq!(b, want, "byte {i} of sector {sector}");
