@@ -55,6 +55,8 @@ struct conn {
     u32 tx_cnt;                       /* bytes we sent */
     u32 rx_cnt;                       /* bytes we received (and consumed at once) */
     u32 last_fwd_sent;                /* the fwd_cnt the host last heard from us */
+    u32 fwd_base;                     /* the fwd_cnt the device had seen when it wrote the
+                                         rx packet being handled (see credit_seen) */
     int got_rst, got_shutdown, credit_violation;
     u8 rx_stream;                     /* which pattern incoming data must follow */
     u32 rx_bad;                       /* packets that did not match it */
@@ -92,6 +94,38 @@ static const u8 *pattern(u8 stream) {
     return p;
 }
 
+/* ---- what the device knows of our credit ----
+ * An rx packet the device had already published (below the rx used index we read just before
+ * submitting a packet) cannot have been sized with the fwd_cnt in that packet. So each rx
+ * packet is checked against the newest fwd_cnt we submitted while its used slot was still
+ * unpublished: the most credit the device can have known of. */
+#define CREDIT_HISTORY 64
+static struct {
+    u16 from_used;
+    u32 fwd;
+} credit_hist[CREDIT_HISTORY];
+static u32 credit_head, credit_tail;
+
+static void credit_seen(u16 used, u32 fwd) {
+    if (credit_head - credit_tail == CREDIT_HISTORY) {
+        /* Full: fold into the newest entry (only makes the check more lenient). */
+        credit_hist[(credit_head - 1) % CREDIT_HISTORY].fwd = fwd;
+        credit_hist[(credit_head - 1) % CREDIT_HISTORY].from_used = used;
+        return;
+    }
+    credit_hist[credit_head % CREDIT_HISTORY].from_used = used;
+    credit_hist[credit_head % CREDIT_HISTORY].fwd = fwd;
+    credit_head++;
+}
+
+/* Before handling the rx packet at used position `pos`. */
+static void credit_advance(u16 pos) {
+    while (credit_tail != credit_head && (u16)(pos - credit_hist[credit_tail % CREDIT_HISTORY].from_used) < 0x8000) {
+        conn.fwd_base = credit_hist[credit_tail % CREDIT_HISTORY].fwd;
+        credit_tail++;
+    }
+}
+
 /* ---- sending ---- */
 
 static int send_pkt(u16 op, u32 flags, u32 src_port, u32 dst_port, const u8 *payload, u32 len) {
@@ -100,10 +134,15 @@ static int send_pkt(u16 op, u32 flags, u32 src_port, u32 dst_port, const u8 *pay
         .len = len, .type = TYPE_STREAM, .op = op, .flags = flags,
         .buf_alloc = buf_alloc, .fwd_cnt = conn.rx_cnt,
     };
-    if (conn.state != CLOSED && src_port == conn.local_port) conn.last_fwd_sent = conn.rx_cnt;
+    int ours = conn.state != CLOSED && src_port == conn.local_port;
+    if (ours) conn.last_fwd_sent = conn.rx_cnt;
+    barrier();
+    u16 published = rxq.used_hdr[1];
     /* Header and payload in separate descriptors, as Linux sends them. */
     struct vbuf chain[2] = {{&tx_hdr, sizeof(tx_hdr), 0}, {payload, len, 0}};
-    return vq_submit_wait(&txq, chain, len ? 2 : 1, "vsock tx") < 0 ? -1 : 0;
+    if (vq_submit_wait(&txq, chain, len ? 2 : 1, "vsock tx") < 0) return -1;
+    if (ours) credit_seen(published, conn.rx_cnt);
+    return 0;
 }
 
 static int send_ctl(u16 op, u32 flags) { return send_pkt(op, flags, conn.local_port, conn.peer_port, 0, 0); }
@@ -121,7 +160,7 @@ static void post_rx(int i) {
 static void handle_rw(const struct vsock_hdr *h, const u8 *payload) {
     if (conn.state != ESTABLISHED) { fail("data on a stream that is not established"); return; }
     /* The host may only have sent what our last advertised buffer space allowed. */
-    if (conn.rx_cnt + h->len - conn.last_fwd_sent > buf_alloc && !conn.credit_violation) {
+    if (conn.rx_cnt + h->len - conn.fwd_base > buf_alloc && !conn.credit_violation) {
         conn.credit_violation = 1;
         fail("host sent more than our credit allows");
     }
@@ -182,7 +221,9 @@ static int poll_rx(void) {
     int handled = 0;
     u32 len;
     int head;
-    while ((head = vq_take_used(&rxq, &len)) >= 0) {
+    for (;;) {
+        credit_advance(rxq.last_used);
+        if ((head = vq_take_used(&rxq, &len)) < 0) break;
         int buf = rx_buf_of_head[head];
         struct vsock_hdr h;
         memcpy(&h, rx_bufs[buf], sizeof(h));
@@ -219,6 +260,17 @@ static int poll_rx(void) {
         ok__;                                                                   \
     })
 
+/* Stops consuming for a while once something arrives, so that the device fills our rx
+ * buffers as far as it will: a device that ignores our buf_alloc then delivers more than it
+ * may, which handle_rw reports. A correct device is never failed by this, however slow. */
+#define HOLD_CYCLES 1000000000UL
+static void hold_rx(void) {
+    u64 start = rdtsc();
+    while (rxq.used_hdr[1] == rxq.last_used && rdtsc() - start < VIRTIO_TIMEOUT_CYCLES) __asm__ volatile("pause");
+    start = rdtsc();
+    while (rdtsc() - start < HOLD_CYCLES) __asm__ volatile("pause");
+}
+
 /* Sends `total` bytes of `stream` within the host's credit, asking for more when it runs out. */
 static int send_stream(u8 stream, u32 total) {
     u32 sent = 0;
@@ -244,6 +296,7 @@ static int send_stream(u8 stream, u32 total) {
 
 static void start_conn(enum conn_state state, u32 local_port, u32 peer_port, u8 rx_stream) {
     conn = (struct conn){.state = state, .local_port = local_port, .peer_port = peer_port, .rx_stream = rx_stream};
+    credit_tail = credit_head;
 }
 
 static void report_rx(const char *who, u32 want) {
@@ -260,6 +313,7 @@ static void guest_connect(u32 port, u32 bytes) {
     puts("connect "); put_dec(port); puts(" established peer_buf_alloc="); put_dec(conn.peer_buf_alloc); puts("\n");
     if (send_stream(1, bytes) < 0) return;
     puts("connect sent "); put_dec(bytes); puts("\n");
+    hold_rx();
     if (!WAIT_FOR(conn.rx_cnt >= bytes || conn.state != ESTABLISHED, "host data")) return;
     report_rx("connect", bytes);
     /* The host program closes its socket: the device tells us with SHUTDOWN; we answer RST. */
@@ -287,6 +341,7 @@ static void listen_accept(u32 port, u32 bytes) {
     puts("listening "); put_dec(port); puts("\n");
     if (!WAIT_FOR(conn.state != LISTENING, "host CONNECT")) return;
     puts("accepted host_port="); put_dec(conn.peer_port); puts("\n");
+    hold_rx();
     if (!WAIT_FOR(conn.rx_cnt >= bytes || conn.state != ESTABLISHED, "host data")) return;
     report_rx("listen", bytes);
     if (send_stream(4, bytes) < 0) return;
