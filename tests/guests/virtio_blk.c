@@ -170,6 +170,59 @@ static void read_write_disk(struct blk *b) {
     if (st == VIRTIO_BLK_S_OK) { puts("blk0 id=["); puts(id); puts("]\n"); }
 }
 
+/* Several requests in flight at once, then the interrupt status they raise, then a device
+ * reset and a fresh setup that still reads what was written. */
+static void queue_and_reset(struct blk *b, struct virtq_page *page) {
+    enum { N = 8 };
+    static struct blk_req_hdr hdrs[N];
+    static volatile u8 statuses[N];
+    int heads[N];
+    fill_bytes(data, 0, N * SECTOR);
+    for (int i = 0; i < N; i++) {
+        hdrs[i] = (struct blk_req_hdr){VIRTIO_BLK_T_IN, 0, (u64)(N - 1 - i)};
+        statuses[i] = 0xff;
+        struct vbuf chain[3] = {
+            {&hdrs[i], sizeof(hdrs[i]), 0},
+            {data + (u64)(N - 1 - i) * SECTOR, SECTOR, 1},
+            {(const void *)&statuses[i], 1, 1},
+        };
+        heads[i] = vq_add(&b->q, chain, 3);
+        if (heads[i] < 0) { fail("blk0 batch: queue full"); return; }
+    }
+    vq_kick(&b->q);
+    /* Collect all eight without acknowledging, then look at InterruptStatus. */
+    int done = 0;
+    u64 start = rdtsc();
+    while (done < N && rdtsc() - start < VIRTIO_TIMEOUT_CYCLES) {
+        u32 len;
+        int head = vq_take_used(&b->q, &len);
+        if (head == -2) { failures++; return; }
+        if (head >= 0) done++;
+    }
+    if (done < N) { fail("blk0 batch: timeout"); return; }
+    int ok = 1;
+    for (int i = 0; i < N; i++) ok &= statuses[i] == VIRTIO_BLK_S_OK;
+    if (ok && check(data, 0, N)) puts("blk0 batch of 8 ok\n");
+    else fail("blk0 batch of 8 reads returned wrong data or status");
+    u32 isr = vm_read(&b->dev, VIRTIO_MMIO_INTERRUPT_STATUS);
+    vm_write(&b->dev, VIRTIO_MMIO_INTERRUPT_ACK, isr);
+    u32 after = vm_read(&b->dev, VIRTIO_MMIO_INTERRUPT_STATUS);
+    puts("blk0 interrupt status="); put_dec(isr); puts(" after_ack="); put_dec(after); puts("\n");
+
+    /* Reset: status 0 must read back 0 and the queue must be unready; then start over. */
+    vm_write(&b->dev, VIRTIO_MMIO_STATUS, 0);
+    vm_write(&b->dev, VIRTIO_MMIO_QUEUE_SEL, 0);
+    puts("blk0 reset status="); put_dec(vm_read(&b->dev, VIRTIO_MMIO_STATUS));
+    puts(" queue_ready="); put_dec(vm_read(&b->dev, VIRTIO_MMIO_QUEUE_READY)); puts("\n");
+    if (setup(b, page, "blk0") < 0) { fail("blk0 setup after reset"); return; }
+    fill_bytes(data, 0, 16 * SECTOR);
+    struct vbuf all = {data, 16 * SECTOR, 1};
+    if (request(b, VIRTIO_BLK_T_IN, 0, &all, 1, "blk0 read after reset") == VIRTIO_BLK_S_OK && check(data, 0, 16))
+        puts("blk0 readback after reset ok\n");
+    else
+        fail("blk0 read after reset");
+}
+
 static void read_only_disk(struct blk *b) {
     if (!(b->dev.offered & VIRTIO_BLK_F_RO)) fail("blk1 does not offer VIRTIO_BLK_F_RO");
     fill(data, 0, 1);
@@ -232,6 +285,7 @@ void guest_main(const u8 *boot_params) {
         bench(&disks[0], bench_mib);
     } else {
         read_write_disk(&disks[0]);
+        if (!failures) queue_and_reset(&disks[0], &queue_pages[0]);
         if (count > 1) read_only_disk(&disks[1]);
     }
     puts(failures ? "failed\n" : "done\n");

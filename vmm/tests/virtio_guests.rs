@@ -218,6 +218,12 @@ fn blk_guest_pattern_reaches_the_host_file_and_read_only_writes_fail() {
         "blk0 readback last ok",
         "blk0 read beyond end status=1",
         "blk0 id=[veil-disk-a]",
+        // Eight requests in flight at once; the used-buffer interrupt bit, cleared by ACK.
+        "blk0 batch of 8 ok",
+        "blk0 interrupt status=1 after_ack=0",
+        // A reset clears the status and the queue, and a fresh setup works.
+        "blk0 reset status=0 queue_ready=0",
+        "blk0 readback after reset ok",
         "blk1 write status=1",
         "blk1 read status=0",
     ] {
