@@ -271,13 +271,17 @@ static void hold_rx(void) {
     while (rdtsc() - start < HOLD_CYCLES) __asm__ volatile("pause");
 }
 
-/* Sends `total` bytes of `stream` within the host's credit, asking for more when it runs out. */
-static int send_stream(u8 stream, u32 total) {
+/* Sends `total` bytes of `stream` within the host's credit, asking for more when it runs out
+ * (and saying so the first time, prefixed with `who`, so a host test can hold off reading
+ * until the guest is stalled). */
+static int send_stream(const char *who, u8 stream, u32 total) {
     u32 sent = 0;
+    int stalled = 0;
     while (sent < total) {
         if (conn.state != ESTABLISHED) { fail("stream closed while sending"); return -1; }
         u32 credit = conn.peer_buf_alloc - (conn.tx_cnt - conn.peer_fwd_cnt);
         if (credit == 0) {
+            if (!stalled++) { puts(who); puts(" waiting for credit after "); put_dec(sent); puts("\n"); }
             send_ctl(OP_CREDIT_REQUEST, 0);
             if (!WAIT_FOR(conn.state != ESTABLISHED || conn.peer_buf_alloc - (conn.tx_cnt - conn.peer_fwd_cnt) > 0, "host credit"))
                 return -1;
@@ -311,7 +315,7 @@ static void guest_connect(u32 port, u32 bytes) {
     if (!WAIT_FOR(conn.state != CONNECTING, "RESPONSE to connect")) return;
     if (conn.state != ESTABLISHED) { fail("connect to host port was refused"); return; }
     puts("connect "); put_dec(port); puts(" established peer_buf_alloc="); put_dec(conn.peer_buf_alloc); puts("\n");
-    if (send_stream(1, bytes) < 0) return;
+    if (send_stream("connect", 1, bytes) < 0) return;
     puts("connect sent "); put_dec(bytes); puts("\n");
     hold_rx();
     if (!WAIT_FOR(conn.rx_cnt >= bytes || conn.state != ESTABLISHED, "host data")) return;
@@ -344,7 +348,7 @@ static void listen_accept(u32 port, u32 bytes) {
     hold_rx();
     if (!WAIT_FOR(conn.rx_cnt >= bytes || conn.state != ESTABLISHED, "host data")) return;
     report_rx("listen", bytes);
-    if (send_stream(4, bytes) < 0) return;
+    if (send_stream("listen", 4, bytes) < 0) return;
     puts("listen sent "); put_dec(bytes); puts("\n");
     send_ctl(OP_SHUTDOWN, SHUTDOWN_BOTH);
     /* The device hands our data to the host socket, then resets the stream. */
@@ -361,7 +365,7 @@ static void bench(u32 port, u64 mib) {
     if (!WAIT_FOR(conn.state != CONNECTING, "bench connect") || conn.state != ESTABLISHED) { fail("bench connect"); return; }
     u32 total = (u32)(mib << 20);
     u64 t0 = rdtsc();
-    if (send_stream(1, total) < 0) return;
+    if (send_stream("bench", 1, total) < 0) return;
     if (!WAIT_FOR(conn.rx_cnt >= total || conn.state != ESTABLISHED, "bench echo")) return;
     u64 t1 = rdtsc();
     /* Round trips: one byte out, wait for its echo. */

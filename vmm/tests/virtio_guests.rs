@@ -340,9 +340,10 @@ fn accept(listener: &UnixListener) -> UnixStream {
     }
 }
 
-/// Bytes each way: more than the device's 256 KiB buffer for guest data, and many times the
-/// guest's 16 KiB receive buffer, so both directions run out of credit and must wait.
-const VSOCK_BYTES: usize = 300_000;
+/// Bytes each way: more than the device's 256 KiB buffer for guest data plus what a Unix
+/// socket buffers, and many times the guest's 16 KiB receive buffer, so both directions run
+/// out of credit and must wait.
+const VSOCK_BYTES: usize = 1 << 20;
 
 fn vsock_args<'a>(uds: &'a str, cmdline: &'a str) -> Vec<&'a str> {
     vec!["--cmdline", cmdline, "--vsock-cid", "3", "--vsock-uds", uds]
@@ -354,8 +355,11 @@ fn vsock_guest_connects_to_a_host_listener_and_is_refused_without_one() {
     let uds = dir.path().join("v.sock");
     let listener = UnixListener::bind(format!("{}_1234", uds.display())).unwrap();
     listener.set_nonblocking(true).unwrap();
+    let (stalled_tx, stalled) = mpsc::channel::<()>();
     let host = thread::spawn(move || {
         let mut s = accept(&listener);
+        // Read nothing until the guest has run out of credit.
+        stalled.recv_timeout(HANG_GUARD).expect("guest stalled");
         let mut got = vec![0u8; VSOCK_BYTES];
         s.read_exact(&mut got).expect("guest data");
         check_stream(1, &got);
@@ -367,8 +371,14 @@ fn vsock_guest_connects_to_a_host_listener_and_is_refused_without_one() {
         "console=ttyS0 vsock.connect=1234 vsock.refused=1235 vsock.bytes={VSOCK_BYTES} vsock.buf=16384"
     );
     let uds_arg = uds.to_str().unwrap();
-    let (status, out, err) =
-        RunningVm::start(Guest::VirtioVsock, &vsock_args(uds_arg, &cmdline)).finish();
+    let mut vm = RunningVm::start(Guest::VirtioVsock, &vsock_args(uds_arg, &cmdline));
+    // With the host not reading, the device's buffer and the socket's fill up and the guest
+    // must stop sending: its credit is exhausted well before the whole stream is out.
+    let line = vm.wait_line("connect waiting for credit after ");
+    let sent: usize = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(sent >= 256 << 10 && sent < VSOCK_BYTES, "{line}");
+    stalled_tx.send(()).unwrap();
+    let (status, out, err) = vm.finish();
     host.join().expect("host side of the guest's connection");
     assert_eq!(status.code(), Some(0), "stdout: {out}\nstderr: {err}");
     assert!(!out.contains("FAIL"), "{out}");
