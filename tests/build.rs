@@ -6,7 +6,15 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const GUESTS: &[&str] = &["boot_info", "smp", "crash", "idle"];
+const GUESTS: &[&str] = &[
+    "boot_info",
+    "smp",
+    "crash",
+    "idle",
+    "virtio_blk",
+    "virtio_vsock",
+    "boot_timer",
+];
 const FLAGS: &[&str] = &[
     "-O2",
     "-ffreestanding",

@@ -18,6 +18,18 @@ pub enum Guest {
     Crash,
     /// Prints one line, then halts with interrupts off forever.
     Idle,
+    /// A virtio-blk driver: pattern writes (differently split chains), flush, read-back,
+    /// GET_ID and bounds on the first disk; `VIRTIO_BLK_F_RO` and a failing write on the
+    /// second. `blk.bench_mib=N` on the command line makes it a sequential write/read
+    /// benchmark instead. Output format: see `tests/guests/virtio_blk.c`.
+    VirtioBlk,
+    /// A virtio-vsock driver: guest-initiated stream (`vsock.connect=P`), refused connect
+    /// (`vsock.refused=R`) and host-initiated stream (`vsock.listen=L`), `vsock.bytes=N` each
+    /// way, credit respected and checked; `vsock.bench_mib=N` with `vsock.connect=P` streams
+    /// N MiB through a host echo and times round trips. See `tests/guests/virtio_vsock.c`.
+    VirtioVsock,
+    /// Writes the boot timer's magic value twice and prints the recorded boot time.
+    BootTimer,
 }
 
 impl Guest {
@@ -28,6 +40,9 @@ impl Guest {
             Guest::Smp => env!("VEIL_GUEST_SMP"),
             Guest::Crash => env!("VEIL_GUEST_CRASH"),
             Guest::Idle => env!("VEIL_GUEST_IDLE"),
+            Guest::VirtioBlk => env!("VEIL_GUEST_VIRTIO_BLK"),
+            Guest::VirtioVsock => env!("VEIL_GUEST_VIRTIO_VSOCK"),
+            Guest::BootTimer => env!("VEIL_GUEST_BOOT_TIMER"),
         })
     }
 }
