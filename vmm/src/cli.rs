@@ -311,6 +311,9 @@ fn boot(config: VmConfig, start: Instant, metrics: Option<PathBuf>) -> Result<Vm
     if !outcome.exit.is_clean() {
         eprintln!("veil: guest failed: {}", outcome.exit);
     }
+    if let Some(boot_time) = outcome.timings.boot_timer {
+        eprintln!("veil: guest boot time (boot timer): {}", ms(boot_time));
+    }
     if let Some(path) = metrics {
         write_metrics(&path, &outcome).map_err(|source| CliError::Metrics { path, source })?;
     }

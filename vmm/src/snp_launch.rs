@@ -166,10 +166,7 @@ pub fn launch_with_model(
         .map_or(0, |e| e.eax);
     let vmsas = plan.vcpu_vmsas(facts.vcpus, vcpu_signature);
     let finish = LaunchFinish {
-        id: plan
-            .id
-            .as_ref()
-            .map(|id| (id.block, id.auth.clone())),
+        id: plan.id.as_ref().map(|id| (id.block, id.auth.clone())),
         author_key_enabled: plan.id.as_ref().is_some_and(|id| id.author_key_enabled),
         host_data: config.host_data,
     };
