@@ -1,1 +1,2 @@
-//! placeholder
+//! The Veil guest agent: a Kata-compatible ttrpc API served inside the pod VM.
+pub mod protocols;
