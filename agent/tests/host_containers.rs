@@ -1,0 +1,180 @@
+//! The agent as a host process on a Unix socket runs a busybox container from an ext4 image
+//! on a loop device: create, start, stdout/stderr, stdin, exec, signal, stats, wait, remove,
+//! and nothing is left behind. Needs root, e2fsprogs and busybox-static (skips otherwise).
+
+mod common;
+
+use common::*;
+use veil_agent::protocols::agent;
+
+async fn ready_agent() -> (AgentProcess, veil_agent::client::AgentClient) {
+    let mut agent = AgentProcess::start(&sha256_hex(ALLOW_ALL));
+    let client = agent.connect().await;
+    let mut set = agent::SetPolicyRequest::new();
+    set.policy = ALLOW_ALL.into();
+    client.agent.set_policy(ctx(), &set).await.unwrap();
+    client
+        .agent
+        .create_sandbox(ctx(), &agent::CreateSandboxRequest::new())
+        .await
+        .unwrap();
+    (agent, client)
+}
+
+fn exec_req(id: &str, exec_id: &str, args: &[&str]) -> agent::ExecProcessRequest {
+    let mut r = agent::ExecProcessRequest::new();
+    r.container_id = id.into();
+    r.exec_id = exec_id.into();
+    r.process = protobuf::MessageField::some(process(args));
+    r
+}
+
+fn wait_req(id: &str, exec_id: &str) -> agent::WaitProcessRequest {
+    let mut r = agent::WaitProcessRequest::new();
+    r.container_id = id.into();
+    r.exec_id = exec_id.into();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busybox_container_lifecycle_leaves_nothing_behind() {
+    require_host!();
+    let image = BusyboxImage::new();
+    let (agent, client) = ready_agent().await;
+    let id = "lifecycle";
+
+    // The init process greets, then echoes stdin until it is closed, then exits 0.
+    let create = create_request(
+        id,
+        &image.device,
+        &[
+            "sh",
+            "-c",
+            "echo hello from $(hostname); echo oops >&2; cat; exit 0",
+        ],
+    );
+    client.agent.create_container(ctx(), &create).await.unwrap();
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = id.into();
+    client.agent.start_container(ctx(), &start).await.unwrap();
+
+    let out = read_until(&client, id, id, "\n").await;
+    assert_eq!(out, "hello from veil-test\n");
+
+    // stdin reaches the process and comes back through cat.
+    let mut write = agent::WriteStreamRequest::new();
+    write.container_id = id.into();
+    write.exec_id = id.into();
+    write.data = b"ping\n".to_vec();
+    let written = client.agent.write_stdin(ctx(), &write).await.unwrap();
+    assert_eq!(written.len, 5);
+    assert_eq!(read_until(&client, id, id, "ping\n").await, "ping\n");
+
+    // An exec'd process runs inside the container's root and namespaces.
+    let exec = exec_req(id, "ls", &["sh", "-c", "ls /bin/busybox; hostname; exit 7"]);
+    client.agent.exec_process(ctx(), &exec).await.unwrap();
+    assert_eq!(
+        read_all(&client, id, "ls", false).await,
+        "/bin/busybox\nveil-test\n"
+    );
+    let status = client
+        .agent
+        .wait_process(ctx(), &wait_req(id, "ls"))
+        .await
+        .unwrap();
+    assert_eq!(status.status, 7);
+
+    // A second exec is signalled: SIGTERM -> 128 + 15.
+    let sleeper = exec_req(id, "sleeper", &["sleep", "1000"]);
+    client.agent.exec_process(ctx(), &sleeper).await.unwrap();
+    let stats = client
+        .agent
+        .stats_container(ctx(), &{
+            let mut r = agent::StatsContainerRequest::new();
+            r.container_id = id.into();
+            r
+        })
+        .await
+        .unwrap();
+    let pids_in_container = stats.cgroup_stats.pids_stats.current;
+    assert!(
+        pids_in_container >= 2,
+        "init and sleeper at least, got {pids_in_container}"
+    );
+    let procs: Vec<i32> = std::fs::read_to_string(cgroup_dir(id).join("cgroup.procs"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(procs.len() >= 2, "{procs:?}");
+
+    let mut sig = agent::SignalProcessRequest::new();
+    sig.container_id = id.into();
+    sig.exec_id = "sleeper".into();
+    sig.signal = 15;
+    client.agent.signal_process(ctx(), &sig).await.unwrap();
+    let status = client
+        .agent
+        .wait_process(ctx(), &wait_req(id, "sleeper"))
+        .await
+        .unwrap();
+    assert_eq!(status.status, 128 + 15);
+
+    // Closing stdin ends cat; the init process exits 0; stderr carried "oops".
+    let mut close = agent::CloseStdinRequest::new();
+    close.container_id = id.into();
+    close.exec_id = id.into();
+    client.agent.close_stdin(ctx(), &close).await.unwrap();
+    let status = client
+        .agent
+        .wait_process(ctx(), &wait_req(id, id))
+        .await
+        .unwrap();
+    assert_eq!(status.status, 0);
+    assert_eq!(read_all(&client, id, id, true).await, "oops\n");
+
+    let mut remove = agent::RemoveContainerRequest::new();
+    remove.container_id = id.into();
+    client.agent.remove_container(ctx(), &remove).await.unwrap();
+
+    assert_eq!(mounts_under(&agent.state_dir), Vec::<String>::new());
+    assert!(!cgroup_dir(id).exists(), "cgroup left behind");
+    assert!(
+        !agent.state_dir.join(id).exists(),
+        "state directory left behind"
+    );
+    for pid in procs {
+        assert!(!pid_alive(pid), "process {pid} left behind");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_kills_a_running_container() {
+    require_host!();
+    let image = BusyboxImage::new();
+    let (agent, client) = ready_agent().await;
+    let id = "killme";
+    let create = create_request(id, &image.device, &["sleep", "1000"]);
+    client.agent.create_container(ctx(), &create).await.unwrap();
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = id.into();
+    client.agent.start_container(ctx(), &start).await.unwrap();
+    let procs = std::fs::read_to_string(cgroup_dir(id).join("cgroup.procs")).unwrap();
+    let pid: i32 = procs.lines().next().unwrap().parse().unwrap();
+    assert!(pid_alive(pid));
+
+    let mut remove = agent::RemoveContainerRequest::new();
+    remove.container_id = id.into();
+    client.agent.remove_container(ctx(), &remove).await.unwrap();
+    assert!(
+        !pid_alive(pid),
+        "container process survived RemoveContainer"
+    );
+    assert!(mounts_under(&agent.state_dir).is_empty());
+    assert!(!cgroup_dir(id).exists());
+
+    // Gone means gone: a second remove names the unknown id.
+    let (code, msg) = status_of(client.agent.remove_container(ctx(), &remove).await);
+    assert_eq!(code, ttrpc::Code::NOT_FOUND);
+    assert!(msg.contains(id), "{msg}");
+}
