@@ -5,6 +5,7 @@
 //! the preferred choice; this module is the narrow subset the agent needs.
 
 mod cgroup;
+mod devmapper;
 mod limits;
 mod mounts;
 mod paths;
@@ -14,6 +15,7 @@ mod spawn;
 mod stdio;
 mod storage;
 mod sys;
+mod verity;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -87,6 +89,14 @@ pub enum ContainerError {
         exec_id: String,
         source: std::io::Error,
     },
+    #[error(
+        "layer {device}: dm-verity root hash is {found}, the storage (and policy) name {expected}"
+    )]
+    RootHashMismatch {
+        device: String,
+        expected: String,
+        found: String,
+    },
     #[error("container {id:?} still has processes after being killed")]
     Busy { id: String },
 }
@@ -111,6 +121,7 @@ impl ContainerError {
             Self::Unsupported(_) => Code::UNIMPLEMENTED,
             Self::ContainerExists(_) | Self::ProcessExists { .. } => Code::ALREADY_EXISTS,
             Self::NoContainer(_) | Self::NoProcess { .. } => Code::NOT_FOUND,
+            Self::RootHashMismatch { .. } => Code::PERMISSION_DENIED,
             Self::WrongState { .. } | Self::Busy { .. } => Code::FAILED_PRECONDITION,
             Self::Mount { .. } | Self::Io { .. } | Self::Spawn(_) | Self::Stream { .. } => {
                 Code::INTERNAL
@@ -256,7 +267,7 @@ impl ContainerManager {
             return Err(ContainerError::ContainerExists(id.to_string()));
         }
         let cgroup = cgroup::Cgroup::create(&self.config.cgroup_root, id, resources)?;
-        let mut rootfs = match storage::RootFs::mount(&dir, layer) {
+        let mut rootfs = match storage::RootFs::mount(&dir, layer, &format!("veil-{id}")) {
             Ok(r) => r,
             Err(e) => {
                 cgroup.remove();

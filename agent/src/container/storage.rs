@@ -5,8 +5,10 @@ use std::ffi::CString;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
+use super::devmapper::{self, VerityDevice};
 use super::paths::relative_inside;
 use super::sys;
+use super::verity;
 use super::ContainerError;
 use crate::protocols::agent::Storage;
 
@@ -21,6 +23,7 @@ const BLOCK_DRIVERS: &[&str] = &["blk", "virtio-blk", "virtio-blk-mmio", "block"
 pub struct RootFs {
     dir: PathBuf,
     mounted: Vec<PathBuf>,
+    verity: Option<VerityDevice>,
 }
 
 impl RootFs {
@@ -29,14 +32,46 @@ impl RootFs {
         self.dir.join("rootfs")
     }
 
-    /// Mounts `storage` read-only and an overlay over it, under `dir` (created here).
-    /// On error everything mounted so far is undone.
-    pub fn mount(dir: &Path, storage: &Storage) -> Result<Self, ContainerError> {
+    /// Mounts `storage` read-only and an overlay over it, under `dir` (created here). A layer
+    /// with verity options is checked against its root hash first and mounted only through
+    /// dm-verity. `dm_name` names the dm device. On error everything done so far is undone.
+    pub fn mount(dir: &Path, storage: &Storage, dm_name: &str) -> Result<Self, ContainerError> {
         let device = validate_layer(storage)?;
+        let verity_params = match verity::parse_options(&storage.driver_options)? {
+            Some(opts) => {
+                let params = verity::check(&device, &opts)?;
+                if !devmapper::available() {
+                    return Err(ContainerError::Unsupported(format!(
+                        "dm-verity layer {} needs device-mapper ({} is missing)",
+                        device.display(),
+                        devmapper::CONTROL
+                    )));
+                }
+                Some(params)
+            }
+            None => None,
+        };
         std::fs::create_dir_all(dir).map_err(|e| ContainerError::io("creating", dir, e))?;
         let mut root = RootFs {
             dir: dir.to_path_buf(),
             mounted: Vec::new(),
+            verity: None,
+        };
+        let device = match verity_params {
+            Some(params) => {
+                match VerityDevice::create(dm_name, &device, &params, &dir.join("verity")) {
+                    Ok(v) => {
+                        let node = v.node().to_path_buf();
+                        root.verity = Some(v);
+                        node
+                    }
+                    Err(e) => {
+                        root.unmount();
+                        return Err(e);
+                    }
+                }
+            }
+            None => device,
         };
         match root.mount_all(&device, &storage.fstype) {
             Ok(()) => Ok(root),
@@ -121,6 +156,9 @@ impl RootFs {
                     tracing::error!(target = %target.display(), error = %e, "detach failed");
                 }
             }
+        }
+        if let Some(v) = self.verity.take() {
+            v.remove();
         }
         for d in ["rootfs", "rw", "layer"] {
             let _ = std::fs::remove_dir(self.dir.join(d));

@@ -67,6 +67,9 @@ pub fn sha256_hex(text: &str) -> String {
         .collect()
 }
 
+/// Where `BusyboxImage::with_verity` puts the hash tree (the ext4 image is 16 MiB).
+pub const VERITY_HASH_OFFSET: u64 = 16 << 20;
+
 /// An ext4 image with a static busybox and its applet links, attached read-only to a loop
 /// device; detached on drop.
 pub struct BusyboxImage {
@@ -76,6 +79,17 @@ pub struct BusyboxImage {
 
 impl BusyboxImage {
     pub fn new() -> Self {
+        Self::build(false).0
+    }
+
+    /// Like `new`, with a dm-verity hash tree appended at [`VERITY_HASH_OFFSET`]; returns the
+    /// root hash `veritysetup` printed.
+    pub fn with_verity() -> (Self, String) {
+        let (image, root) = Self::build(true);
+        (image, root.expect("veritysetup printed a root hash"))
+    }
+
+    fn build(verity: bool) -> (Self, Option<String>) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         std::fs::create_dir_all(root.join("bin")).unwrap();
@@ -92,6 +106,27 @@ impl BusyboxImage {
             .arg(&root)
             .arg(&image)
             .arg("16M"));
+        let mut root_hash = None;
+        if verity {
+            let out = Command::new("/usr/sbin/veritysetup")
+                .arg("format")
+                .arg(format!("--hash-offset={VERITY_HASH_OFFSET}"))
+                .arg(format!("--data-blocks={}", VERITY_HASH_OFFSET / 4096))
+                .arg(&image)
+                .arg(&image)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "veritysetup: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8(out.stdout).unwrap();
+            root_hash = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Root hash:"))
+                .map(|h| h.trim().to_string());
+        }
         let out = Command::new("/usr/sbin/losetup")
             .args(["--find", "--show", "--read-only"])
             .arg(&image)
@@ -103,7 +138,7 @@ impl BusyboxImage {
             String::from_utf8_lossy(&out.stderr)
         );
         let device = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        Self { device, _dir: dir }
+        (Self { device, _dir: dir }, root_hash)
     }
 }
 
