@@ -139,7 +139,7 @@ fn ioctl(
     let params_len = target.map_or(0, |(_, _, p)| p.len() + 1);
     // Room for the header, one target with its NUL-terminated params (8-byte aligned), and
     // the kernel's output.
-    let total = (header_len + spec_len + params_len + 7) / 8 * 8 + 16 * 1024;
+    let total = (header_len + spec_len + params_len).div_ceil(8) * 8 + 16 * 1024;
     let mut buf = vec![0u64; total / 8];
     let bytes: &mut [u8] =
         // SAFETY: a u64 buffer viewed as bytes; same allocation, length in bytes.
