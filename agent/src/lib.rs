@@ -10,6 +10,7 @@ pub mod attestation;
 pub mod client;
 pub mod container;
 pub mod init;
+pub mod logging;
 pub mod policy;
 pub mod protocols;
 pub mod service;

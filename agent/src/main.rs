@@ -24,17 +24,17 @@ const MAX_INIT_DATA: u64 = 1 << 20;
 )]
 struct Cli {
     /// Where to listen: `vsock[:PORT]` (default vsock:1024) or `unix:PATH`.
-    #[arg(long, default_value = "vsock:1024")]
+    #[arg(long, env = "VEIL_LISTEN", default_value = "vsock:1024")]
     listen: ListenAddr,
     /// Attestation backend: auto (sev-guest, then configfs-tsm), sev-guest, configfs-tsm,
     /// or insecure (development only; needs --insecure-host-data).
-    #[arg(long, default_value = "auto")]
+    #[arg(long, env = "VEIL_ATTESTATION", default_value = "auto")]
     attestation: String,
     /// HOST_DATA (64 hex digits) for the insecure development backend.
     #[arg(long, env = "VEIL_INSECURE_HOST_DATA")]
     insecure_host_data: Option<String>,
     /// A read-only block device (or file) holding the policy as init data, NUL-padded.
-    #[arg(long)]
+    #[arg(long, env = "VEIL_POLICY_DEVICE")]
     policy_device: Option<PathBuf>,
     /// Directory for per-container state and mount points.
     #[arg(long, default_value = "/run/veil-agent")]
@@ -181,15 +181,8 @@ async fn run(cli: Cli) -> Result<(), StartError> {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    veil_agent::logging::init(cli.attestation == "insecure");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

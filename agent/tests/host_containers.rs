@@ -178,3 +178,99 @@ async fn remove_kills_a_running_container() {
     assert_eq!(code, ttrpc::Code::NOT_FOUND);
     assert!(msg.contains(id), "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_process_gets_a_pty_that_can_be_resized() {
+    require_host!();
+    let image = BusyboxImage::new();
+    let (_agent, client) = ready_agent().await;
+    let id = "tty";
+    let mut create = create_request(id, &image.device, &["sh"]);
+    {
+        let p = create.OCI.as_mut().unwrap().Process.as_mut().unwrap();
+        p.Terminal = true;
+    }
+    client.agent.create_container(ctx(), &create).await.unwrap();
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = id.into();
+    client.agent.start_container(ctx(), &start).await.unwrap();
+
+    let mut resize = agent::TtyWinResizeRequest::new();
+    resize.container_id = id.into();
+    resize.exec_id = id.into();
+    resize.row = 33;
+    resize.column = 101;
+    client.agent.tty_win_resize(ctx(), &resize).await.unwrap();
+
+    // The shell sees a terminal of the new size on its stdin, and exits with our code.
+    let mut write = agent::WriteStreamRequest::new();
+    write.container_id = id.into();
+    write.exec_id = id.into();
+    write.data = b"[ -t 0 ] && echo IS-A-TTY; echo SIZE=$(stty size); exit 5\n".to_vec();
+    client.agent.write_stdin(ctx(), &write).await.unwrap();
+    let out = read_until(&client, id, id, "SIZE=33 101").await;
+    assert!(out.contains("IS-A-TTY"), "{out}");
+    let mut wait = agent::WaitProcessRequest::new();
+    wait.container_id = id.into();
+    wait.exec_id = id.into();
+    assert_eq!(
+        client
+            .agent
+            .wait_process(ctx(), &wait)
+            .await
+            .unwrap()
+            .status,
+        5
+    );
+
+    let mut remove = agent::RemoveContainerRequest::new();
+    remove.container_id = id.into();
+    client.agent.remove_container(ctx(), &remove).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroup_limits_are_applied_or_refused_never_dropped() {
+    require_host!();
+    let image = BusyboxImage::new();
+    let (agent, client) = ready_agent().await;
+    let id = "limits";
+    let mut create = create_request(id, &image.device, &["true"]);
+    {
+        let mut pids = veil_agent::protocols::oci::LinuxPids::new();
+        pids.Limit = 42;
+        let mut resources = veil_agent::protocols::oci::LinuxResources::new();
+        resources.Pids = protobuf::MessageField::some(pids);
+        let mut linux = veil_agent::protocols::oci::Linux::new();
+        linux.Resources = protobuf::MessageField::some(resources);
+        create.OCI.as_mut().unwrap().Linux = protobuf::MessageField::some(linux);
+    }
+    let root = veil_agent::container::detect_cgroup_root().unwrap();
+    let pids_controller = std::fs::read_to_string(root.join("cgroup.controllers"))
+        .unwrap()
+        .split_whitespace()
+        .any(|c| c == "pids");
+    let result = client.agent.create_container(ctx(), &create).await;
+    if pids_controller {
+        result.unwrap();
+        let max = std::fs::read_to_string(cgroup_dir(id).join("pids.max")).unwrap();
+        assert_eq!(max.trim(), "42");
+        let mut stats_req = agent::StatsContainerRequest::new();
+        stats_req.container_id = id.into();
+        let stats = client
+            .agent
+            .stats_container(ctx(), &stats_req)
+            .await
+            .unwrap();
+        assert_eq!(stats.cgroup_stats.pids_stats.limit, 42);
+        let mut remove = agent::RemoveContainerRequest::new();
+        remove.container_id = id.into();
+        client.agent.remove_container(ctx(), &remove).await.unwrap();
+    } else {
+        eprintln!("this host's cgroup v2 has no pids controller: checking the refusal");
+        let (code, msg) = status_of(result);
+        assert_eq!(code, ttrpc::Code::INTERNAL, "{msg}");
+        assert!(msg.contains("pids.max"), "{msg}");
+    }
+    assert!(!cgroup_dir(id).exists());
+    assert!(mounts_under(&agent.state_dir).is_empty());
+}

@@ -138,3 +138,35 @@ async fn the_attestation_service_binds_report_data_and_host_data() {
     assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
     assert!(msg.contains("65"), "{msg}");
 }
+
+#[tokio::test]
+async fn a_policy_from_the_init_data_device_is_loaded_when_it_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = dir.path().join("init-data.img");
+    // Block devices come padded to a sector; the agent reads up to the first NUL.
+    let mut bytes = DENY_CREATE.as_bytes().to_vec();
+    bytes.resize(4096, 0);
+    std::fs::write(&device, &bytes).unwrap();
+    let device = device.to_str().unwrap();
+
+    let mut agent =
+        AgentProcess::start_with(&sha256_hex(DENY_CREATE), &["--policy-device", device]);
+    let client = agent.connect().await;
+    client
+        .agent
+        .get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
+        .await
+        .unwrap();
+
+    // The same device against another HOST_DATA: refused, so still no policy.
+    let mut other = AgentProcess::start_with(&sha256_hex(ALLOW_ALL), &["--policy-device", device]);
+    let client = other.connect().await;
+    let (code, msg) = status_of(
+        client
+            .agent
+            .get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
+            .await,
+    );
+    assert_eq!(code, ttrpc::Code::PERMISSION_DENIED);
+    assert!(msg.contains("no policy"), "{msg}");
+}

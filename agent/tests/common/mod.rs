@@ -170,6 +170,11 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts the agent with the insecure attestation backend reporting `host_data_hex`.
     pub fn start(host_data_hex: &str) -> Self {
+        Self::start_with(host_data_hex, &[])
+    }
+
+    /// Like `start`, with extra command-line arguments.
+    pub fn start_with(host_data_hex: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let state_dir = dir.path().join("state");
@@ -184,7 +189,12 @@ impl AgentProcess {
             ])
             .arg("--state-dir")
             .arg(&state_dir)
+            .args(extra)
             .stdout(Stdio::null())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
