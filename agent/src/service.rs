@@ -301,7 +301,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::GuestDetailsRequest,
     ) -> ttrpc::Result<agent::GuestDetailsResponse> {
-        self.authorize("GetGuestDetailsRequest", &req)?;
+        self.authorize("GuestDetailsRequest", &req)?;
         let mut details = agent::AgentDetails::new();
         details.version = env!("CARGO_PKG_VERSION").to_string();
         details.init_daemon = self.init_daemon;

@@ -50,7 +50,7 @@ async fn busybox_container_lifecycle_leaves_nothing_behind() {
         &[
             "sh",
             "-c",
-            "echo hello from $(hostname); echo oops >&2; cat; exit 0",
+            "echo hello from $(hostname) as pid $$; echo oops >&2; cat; exit 0",
         ],
     );
     client.agent.create_container(ctx(), &create).await.unwrap();
@@ -59,7 +59,8 @@ async fn busybox_container_lifecycle_leaves_nothing_behind() {
     client.agent.start_container(ctx(), &start).await.unwrap();
 
     let out = read_until(&client, id, id, "\n").await;
-    assert_eq!(out, "hello from veil-test\n");
+    // Its own UTS namespace (hostname) and PID namespace (it is PID 1 there).
+    assert_eq!(out, "hello from veil-test as pid 1\n");
 
     // stdin reaches the process and comes back through cat.
     let mut write = agent::WriteStreamRequest::new();
@@ -71,11 +72,20 @@ async fn busybox_container_lifecycle_leaves_nothing_behind() {
     assert_eq!(read_until(&client, id, id, "ping\n").await, "ping\n");
 
     // An exec'd process runs inside the container's root and namespaces.
-    let exec = exec_req(id, "ls", &["sh", "-c", "ls /bin/busybox; hostname; exit 7"]);
+    let exec = exec_req(
+        id,
+        "ls",
+        &[
+            "sh",
+            "-c",
+            "ls /bin/busybox; hostname; cat /proc/1/cmdline; exit 7",
+        ],
+    );
     client.agent.exec_process(ctx(), &exec).await.unwrap();
     assert_eq!(
         read_all(&client, id, "ls", false).await,
-        "/bin/busybox\nveil-test\n"
+        // /proc/1 in its PID namespace is the container's init (sh), not the guest's.
+        "/bin/busybox\nveil-test\nsh\0-c\0echo hello from $(hostname) as pid $$; echo oops >&2; cat; exit 0\0"
     );
     let status = client
         .agent

@@ -10,7 +10,7 @@ use veil_agent::protocols::{agent, veil};
 const DENY_CREATE: &str = r#"package agent_policy
 
 default CreateContainerRequest := false
-default GetGuestDetailsRequest := true
+default GuestDetailsRequest := true
 "#;
 
 fn set_policy(text: &str) -> agent::SetPolicyRequest {

@@ -1,5 +1,5 @@
 //! Containers from OCI specs: root file system from a read-only block device with a writable
-//! overlay, namespaces, cgroup v2, credentials, capabilities, rlimits, stdio, exit codes.
+//! overlay, namespaces (mount, UTS, IPC, PID), cgroup v2, credentials, capabilities, rlimits, stdio, exit codes.
 //!
 //! Hand-written on purpose (see the crate README / commit message): youki's `libcontainer` was
 //! the preferred choice; this module is the narrow subset the agent needs.
@@ -357,6 +357,8 @@ impl ContainerManager {
             let path = PathBuf::from(format!("/proc/{init_pid}/ns/{ns}"));
             namespaces.push(spawn::open_for_child(&path, false)?);
         }
+        let pid_namespace =
+            spawn::open_for_child(Path::new(&format!("/proc/{init_pid}/ns/pid")), false)?;
         let process = Arc::new(Process::new(&req.exec_id, prepared)?);
         {
             let mut procs = c.processes.lock().unwrap_or_else(|p| p.into_inner());
@@ -371,7 +373,10 @@ impl ContainerManager {
         let cgroup_procs = spawn::open_for_child(&c.cgroup.procs_file(), true)?;
         let spawned = process.spawn(
             &self.reaper,
-            spawn::Entry::Join { namespaces },
+            spawn::Entry::Join {
+                namespaces,
+                pid_namespace,
+            },
             cgroup_procs,
             &c.id,
         );

@@ -5,7 +5,7 @@ use std::sync::{Mutex, OnceLock};
 
 use tokio::sync::watch;
 
-use super::reaper::{wait_exit, ExitStatus, Reaper};
+use super::reaper::{wait_exit, ExitStatus, PidNamespace, Reaper};
 use super::spawn::{Entry, PreparedProcess};
 use super::stdio::{self, ChildIo, ProcessIo};
 use super::ContainerError;
@@ -59,8 +59,20 @@ impl Process {
                 op: "start",
                 wanted: "created",
             })?;
+        let pid_ns_fd = match &entry {
+            Entry::Init { .. } => None,
+            Entry::Join { pid_namespace, .. } => {
+                Some(pid_namespace.try_clone().map_err(ContainerError::Spawn)?)
+            }
+        };
         let mut cmd = prepared.command(entry, child_io, cgroup_procs);
-        let started = reaper.spawn(&mut cmd).map_err(ContainerError::Spawn)?;
+        let pid_ns = match &pid_ns_fd {
+            None => PidNamespace::New,
+            Some(fd) => PidNamespace::Join(fd),
+        };
+        let started = reaper
+            .spawn_in_pid_namespace(&mut cmd, pid_ns)
+            .map_err(ContainerError::Spawn)?;
         // `cmd` holds the child's ends of the stdio; close them here so EOF reaches readers.
         drop(cmd);
         let _ = self.started.set(started);

@@ -2,10 +2,19 @@
 //! reap orphans re-parented to it) and hands exit statuses to whoever waits on that pid.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
+
+/// Which PID namespace a new process goes into.
+pub enum PidNamespace<'a> {
+    /// A new one; the process is its PID 1.
+    New,
+    /// The namespace of this descriptor (`/proc/<pid>/ns/pid`).
+    Join(&'a OwnedFd),
+}
 
 /// Exit status as Kata reports it: the exit code, or 128 + signal number.
 pub type ExitStatus = i32;
@@ -48,6 +57,35 @@ impl Reaper {
         let (tx, rx) = watch::channel(None);
         waiting.insert(pid, tx);
         Ok((pid, rx))
+    }
+
+    /// Spawns `cmd` from a short-lived thread whose children go into PID namespace `pid_ns`
+    /// (a fresh one, or an existing one to join). The PID namespace for children is a
+    /// per-thread setting, so the agent's other threads are not affected.
+    pub fn spawn_in_pid_namespace(
+        &self,
+        cmd: &mut Command,
+        pid_ns: PidNamespace<'_>,
+    ) -> std::io::Result<(i32, watch::Receiver<Option<ExitStatus>>)> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let rc = match pid_ns {
+                        // SAFETY: unshare with a flag only; affects this thread's children.
+                        PidNamespace::New => unsafe { libc::unshare(libc::CLONE_NEWPID) },
+                        // SAFETY: setns on an open pid-namespace descriptor.
+                        PidNamespace::Join(fd) => unsafe {
+                            libc::setns(fd.as_raw_fd(), libc::CLONE_NEWPID)
+                        },
+                    };
+                    if rc == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    self.spawn(cmd)
+                })
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("spawn thread panicked")))
+        })
     }
 
     fn reap(&self) {

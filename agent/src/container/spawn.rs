@@ -37,8 +37,12 @@ pub enum Entry {
         hostname: Option<CString>,
         mounts: Vec<PreparedMount>,
     },
-    /// A later process: join the init process's namespaces (ipc, uts, mnt in that order).
-    Join { namespaces: Vec<OwnedFd> },
+    /// A later process: join the init process's namespaces (ipc, uts, mnt in that order, by
+    /// the child) and its PID namespace (by the spawning thread, as setns requires).
+    Join {
+        namespaces: Vec<OwnedFd>,
+        pid_namespace: OwnedFd,
+    },
 }
 
 /// A validated process, ready to spawn.
@@ -239,7 +243,7 @@ impl ChildSetup {
                 hostname,
                 mounts,
             } => enter_new_root(rootfs, hostname.as_ref(), mounts)?,
-            Entry::Join { namespaces } => {
+            Entry::Join { namespaces, .. } => {
                 for ns in namespaces {
                     // SAFETY: setns on an open namespace descriptor.
                     sys::check(unsafe { libc::setns(ns.as_raw_fd(), 0) })?;

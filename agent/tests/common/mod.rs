@@ -26,7 +26,7 @@ default CloseStdinRequest := true
 default TtyWinResizeRequest := true
 default CreateSandboxRequest := true
 default DestroySandboxRequest := true
-default GetGuestDetailsRequest := true
+default GuestDetailsRequest := true
 default SetPolicyRequest := true
 "#;
 
