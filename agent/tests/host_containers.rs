@@ -284,3 +284,45 @@ async fn cgroup_limits_are_applied_or_refused_never_dropped() {
     assert!(!cgroup_dir(id).exists());
     assert!(mounts_under(&agent.state_dir).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erofs_root_layer_works_too() {
+    require_host!();
+    if !std::path::Path::new("/usr/bin/mkfs.erofs").exists() {
+        eprintln!("SKIPPED: mkfs.erofs missing (apt-get install erofs-utils)");
+        return;
+    }
+    let image = BusyboxImage::erofs();
+    let (agent, client) = ready_agent().await;
+    let id = "erofs";
+    let mut create = create_request(
+        id,
+        &image.device,
+        &[
+            "sh",
+            "-c",
+            "echo written > /tmp/f; cat /tmp/f; echo on-erofs > /etc/x && cat /etc/x",
+        ],
+    );
+    create.storages[0].fstype = "erofs".into();
+    client.agent.create_container(ctx(), &create).await.unwrap();
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = id.into();
+    client.agent.start_container(ctx(), &start).await.unwrap();
+    // The read-only layer is writable through the overlay.
+    assert_eq!(
+        read_all(&client, id, id, false).await,
+        "written\non-erofs\n"
+    );
+    let status = client
+        .agent
+        .wait_process(ctx(), &wait_req(id, id))
+        .await
+        .unwrap();
+    assert_eq!(status.status, 0);
+    let mut remove = agent::RemoveContainerRequest::new();
+    remove.container_id = id.into();
+    client.agent.remove_container(ctx(), &remove).await.unwrap();
+    assert!(mounts_under(&agent.state_dir).is_empty());
+    assert!(!cgroup_dir(id).exists());
+}

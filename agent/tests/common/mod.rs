@@ -89,17 +89,19 @@ impl BusyboxImage {
         (image, root.expect("veritysetup printed a root hash"))
     }
 
+    /// The same tree packed with mkfs.erofs instead of ext4.
+    pub fn erofs() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = populate(dir.path());
+        let image = dir.path().join("rootfs.erofs");
+        run(Command::new("/usr/bin/mkfs.erofs").arg(&image).arg(&root));
+        let device = attach(&image);
+        Self { device, _dir: dir }
+    }
+
     fn build(verity: bool) -> (Self, Option<String>) {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        for d in ["proc", "dev", "tmp", "etc"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for applet in ["sh", "echo", "cat", "sleep", "hostname", "id", "ls", "true"] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
+        let root = populate(dir.path());
         let image = dir.path().join("rootfs.ext4");
         run(Command::new("/usr/sbin/mkfs.ext4")
             .args(["-q", "-F", "-d"])
@@ -127,17 +129,7 @@ impl BusyboxImage {
                 .find_map(|l| l.strip_prefix("Root hash:"))
                 .map(|h| h.trim().to_string());
         }
-        let out = Command::new("/usr/sbin/losetup")
-            .args(["--find", "--show", "--read-only"])
-            .arg(&image)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "losetup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let device = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let device = attach(&image);
         (Self { device, _dir: dir }, root_hash)
     }
 }
@@ -148,6 +140,37 @@ impl Drop for BusyboxImage {
             .args(["-d", &self.device])
             .status();
     }
+}
+
+/// Writes a root tree (static busybox and applet links) under `dir`; returns its path.
+fn populate(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    for d in ["proc", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "echo", "cat", "sleep", "hostname", "id", "ls", "true", "stty",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    root
+}
+
+/// Attaches `image` read-only to a free loop device.
+fn attach(image: &Path) -> String {
+    let out = Command::new("/usr/sbin/losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn run(cmd: &mut Command) {
