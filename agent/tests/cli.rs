@@ -76,3 +76,38 @@ fn bad_host_data_is_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("\"xyz\""), "{stderr}");
 }
+
+#[test]
+fn listens_on_vsock_when_the_kernel_has_it() {
+    use std::io::BufRead;
+    if !std::path::Path::new("/dev/vsock").exists() {
+        eprintln!("SKIPPED: no /dev/vsock on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = agent()
+        .args(["--attestation", "insecure", "--insecure-host-data"])
+        .arg("00".repeat(32))
+        .args(["--listen", "vsock:10240", "--state-dir"])
+        .arg(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines().take(20) {
+        let line = line.unwrap();
+        let done = line.contains("agent serving") || line.contains("agent failed");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let last = seen.last().cloned().unwrap_or_default();
+    assert!(
+        last.contains("agent serving listen=vsock:10240"),
+        "{seen:#?}"
+    );
+}
