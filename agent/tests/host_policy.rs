@@ -170,3 +170,22 @@ async fn a_policy_from_the_init_data_device_is_loaded_when_it_matches() {
     assert_eq!(code, ttrpc::Code::PERMISSION_DENIED);
     assert!(msg.contains("no policy"), "{msg}");
 }
+
+#[tokio::test]
+async fn destroy_sandbox_stops_the_agent() {
+    let mut agent = AgentProcess::start(&sha256_hex(ALLOW_ALL));
+    let client = agent.connect().await;
+    client
+        .agent
+        .set_policy(ctx(), &set_policy(ALLOW_ALL))
+        .await
+        .unwrap();
+    client
+        .agent
+        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
+        .await
+        .unwrap();
+    // On a host the agent exits (as PID 1 it powers the VM off instead).
+    let status = agent.wait_exit();
+    assert!(status.success(), "{status}");
+}

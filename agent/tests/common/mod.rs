@@ -243,6 +243,11 @@ impl AgentProcess {
         panic!("agent socket {} never accepted", self.socket.display());
     }
 
+    /// Waits for the agent process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
     /// Whether the agent process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
