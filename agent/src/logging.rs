@@ -64,6 +64,7 @@ pub fn init(insecure: bool) {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(ConsoleWriter { insecure })
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // No colour codes on the VM console (PID 1) or in files and pipes.
+        .with_ansi(std::process::id() != 1 && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
