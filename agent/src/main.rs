@@ -183,6 +183,15 @@ async fn run(cli: Cli) -> Result<(), StartError> {
 fn main() {
     let cli = Cli::parse();
     veil_agent::logging::init(cli.attestation == "insecure");
+    // Before the runtime starts its threads: chroot and mount moves are per process, and
+    // the switch must happen while PID 1 is still single-threaded.
+    if veil_agent::init::is_init() {
+        if let Err(e) = veil_agent::init::leave_initramfs() {
+            error!(error = %e, "cannot leave the initramfs; powering off");
+            veil_agent::init::power_off();
+            std::process::exit(1);
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
