@@ -219,7 +219,8 @@ async fn a_terminal_process_gets_a_pty_that_can_be_resized() {
     write.data = b"[ -t 0 ] && echo IS-A-TTY; echo SIZE=$(stty size); exit 5\n".to_vec();
     client.agent.write_stdin(ctx(), &write).await.unwrap();
     let out = read_until(&client, id, id, "SIZE=33 101").await;
-    assert!(out.contains("IS-A-TTY"), "{out}");
+    // The terminal echoes the typed line too; the answer is a line of its own (CR LF).
+    assert!(out.contains("\nIS-A-TTY\r\n"), "{out:?}");
     let mut wait = agent::WaitProcessRequest::new();
     wait.container_id = id.into();
     wait.exec_id = id.into();
