@@ -148,7 +148,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     let (destroyed_tx, mut destroyed_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let agent = Arc::new(Agent::new(
         gate,
-        containers,
+        containers.clone(),
         init,
         Box::new(move || {
             let _ = destroyed_tx.send(());
@@ -170,6 +170,10 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         _ = destroyed_rx.recv() => info!("sandbox destroyed"),
         _ = sigterm.recv() => info!("SIGTERM"),
         _ = tokio::signal::ctrl_c() => info!("interrupted"),
+    }
+    // Nothing may outlive the agent: on SIGTERM/interrupt the containers are still there.
+    if let Err(e) = containers.remove_all().await {
+        error!(error = %e, "removing containers at shutdown");
     }
     // Let the DestroySandbox reply leave before shutting down.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -327,3 +327,89 @@ async fn an_erofs_root_layer_works_too() {
     assert!(mounts_under(&agent.state_dir).is_empty());
     assert!(!cgroup_dir(id).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_capabilities_no_new_privs_and_rlimits_are_applied() {
+    require_host!();
+    let image = BusyboxImage::new();
+    let (_agent, client) = ready_agent().await;
+    let id = "creds";
+    let mut create = create_request(
+        id,
+        &image.device,
+        &[
+            "sh",
+            "-c",
+            "echo uid=$(id -u) gid=$(id -g) groups=$(id -G); \
+             grep -E '^(NoNewPrivs|CapEff|CapPrm|CapBnd):' /proc/self/status; \
+             echo nofile=$(ulimit -n); echo cwd=$(pwd)",
+        ],
+    );
+    {
+        use veil_agent::protocols::oci;
+        let p = create.OCI.as_mut().unwrap().Process.as_mut().unwrap();
+        let mut user = oci::User::new();
+        user.UID = 1000;
+        user.GID = 1001;
+        user.AdditionalGids = vec![1002];
+        p.User = protobuf::MessageField::some(user);
+        p.NoNewPrivileges = true;
+        p.Cwd = "/tmp".into();
+        let mut caps = oci::LinuxCapabilities::new();
+        // CAP_KILL is bit 5, CAP_NET_BIND_SERVICE bit 10: 0x420.
+        caps.Bounding = vec!["CAP_KILL".into(), "CAP_NET_BIND_SERVICE".into()];
+        caps.Permitted = caps.Bounding.clone();
+        caps.Effective = vec!["CAP_KILL".into()];
+        // For a non-root user only ambient capabilities survive execve (kernel rules), so
+        // CAP_KILL is made ambient (which needs it inheritable too).
+        caps.Inheritable = vec!["CAP_KILL".into()];
+        caps.Ambient = vec!["CAP_KILL".into()];
+        p.Capabilities = protobuf::MessageField::some(caps);
+        let mut nofile = oci::POSIXRlimit::new();
+        nofile.Type = "RLIMIT_NOFILE".into();
+        nofile.Hard = 123;
+        nofile.Soft = 77;
+        p.Rlimits = vec![nofile];
+    }
+    client.agent.create_container(ctx(), &create).await.unwrap();
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = id.into();
+    client.agent.start_container(ctx(), &start).await.unwrap();
+    let out = read_all(&client, id, id, false).await;
+    let expected = "uid=1000 gid=1001 groups=1001 1002\n\
+                    CapPrm:\t0000000000000020\n\
+                    CapEff:\t0000000000000020\n\
+                    CapBnd:\t0000000000000420\n\
+                    NoNewPrivs:\t1\n\
+                    nofile=77\n\
+                    cwd=/tmp\n";
+    assert_eq!(out, expected);
+    let mut remove = agent::RemoveContainerRequest::new();
+    remove.container_id = id.into();
+    client.agent.remove_container(ctx(), &remove).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_removes_every_container_before_the_agent_exits() {
+    require_host!();
+    let image = BusyboxImage::new();
+    let (mut agent, client) = ready_agent().await;
+    let id = "sigterm";
+    let create = create_request(id, &image.device, &["sleep", "1000"]);
+    client.agent.create_container(ctx(), &create).await.unwrap();
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = id.into();
+    client.agent.start_container(ctx(), &start).await.unwrap();
+    let pid: i32 = std::fs::read_to_string(cgroup_dir(id).join("cgroup.procs"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    agent.terminate();
+    assert!(agent.wait_exit().success());
+    assert!(!pid_alive(pid), "container process outlived the agent");
+    assert!(mounts_under(&agent.state_dir).is_empty());
+    assert!(!cgroup_dir(id).exists());
+}

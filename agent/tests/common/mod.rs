@@ -243,6 +243,12 @@ impl AgentProcess {
         panic!("agent socket {} never accepted", self.socket.display());
     }
 
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
     /// Waits for the agent process to exit.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         self.child.wait().unwrap()
@@ -255,7 +261,17 @@ impl AgentProcess {
 }
 
 impl Drop for AgentProcess {
+    /// SIGTERM first, so that a failed test still has the agent remove its containers
+    /// (mounts, cgroups); SIGKILL if it has not exited after a bounded wait.
     fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..500 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
