@@ -59,7 +59,10 @@ impl RootFs {
         };
         let device = match verity_params {
             Some(params) => {
-                match VerityDevice::create(dm_name, &device, &params, &dir.join("verity")) {
+                // The node lives next to the control node, as udev would put it: the agent's
+                // state directory is on a nodev mount (/run), where device nodes cannot open.
+                let node = Path::new(devmapper::CONTROL).with_file_name(dm_name);
+                match VerityDevice::create(dm_name, &device, &params, &node) {
                     Ok(v) => {
                         let node = v.node().to_path_buf();
                         root.verity = Some(v);
