@@ -68,7 +68,15 @@ async fn agent_as_init_runs_a_container_in_a_qemu_guest() {
         return;
     };
 
-    let image = BusyboxImage::new();
+    // With veritysetup the disk also carries a dm-verity hash tree after the ext4 data, so
+    // the same disk serves a plain layer and a verified one.
+    let (image, root_hash) = if Path::new("/usr/sbin/veritysetup").exists() {
+        let (image, root) = BusyboxImage::with_verity();
+        (image, Some(root))
+    } else {
+        eprintln!("veritysetup missing (cryptsetup-bin): the dm-verity part is not run");
+        (BusyboxImage::new(), None)
+    };
     let dir = tempfile::tempdir().unwrap();
     let vhost_socket = dir.path().join("vhost.sock");
     let uds = dir.path().join("vsock.uds");
@@ -197,6 +205,45 @@ async fn agent_as_init_runs_a_container_in_a_qemu_guest() {
             .status,
         0
     );
+
+    // dm-verity needs the disk exclusively: the plain mount must go first.
+    let mut remove = agent::RemoveContainerRequest::new();
+    remove.container_id = id.into();
+    client.agent.remove_container(ctx(), &remove).await.unwrap();
+
+    if let Some(root_hash) = root_hash {
+        // The guest kernel has device-mapper: the layer is mounted through dm-verity.
+        let options = |hash: &str| {
+            vec![
+                format!("verity.root_hash={hash}"),
+                format!("verity.hash_offset={VERITY_HASH_OFFSET}"),
+            ]
+        };
+        let id = "verified";
+        let mut create = create_request(id, "/dev/vda", &["cat", "/proc/mounts"]);
+        create.storages[0].driver_options = options(&root_hash);
+        if let Err(e) = client.agent.create_container(ctx(), &create).await {
+            panic!("verity create: {e:?}; console:\n{}", console_text());
+        }
+        let mut start = agent::StartContainerRequest::new();
+        start.container_id = id.into();
+        client.agent.start_container(ctx(), &start).await.unwrap();
+        let mounts = read_all(&client, id, id, false).await;
+        assert!(mounts.starts_with("overlay / overlay"), "{mounts}");
+        let mut remove = agent::RemoveContainerRequest::new();
+        remove.container_id = id.into();
+        client.agent.remove_container(ctx(), &remove).await.unwrap();
+
+        let wrong = format!(
+            "{}{}",
+            if root_hash.starts_with('0') { "1" } else { "0" },
+            &root_hash[1..]
+        );
+        let mut create = create_request("unverified", "/dev/vda", &["true"]);
+        create.storages[0].driver_options = options(&wrong);
+        let (code, msg) = status_of(client.agent.create_container(ctx(), &create).await);
+        assert_eq!(code, ttrpc::Code::PERMISSION_DENIED, "{msg}");
+    }
 
     client
         .agent

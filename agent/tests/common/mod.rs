@@ -104,7 +104,9 @@ impl BusyboxImage {
         let root = populate(dir.path());
         let image = dir.path().join("rootfs.ext4");
         run(Command::new("/usr/sbin/mkfs.ext4")
-            .args(["-q", "-F", "-d"])
+            // 4 KiB blocks: a dm-verity device has 4 KiB logical blocks, and ext4 cannot use
+            // blocks smaller than its device's (mkfs picks 1 KiB for small images).
+            .args(["-q", "-F", "-b", "4096", "-d"])
             .arg(&root)
             .arg(&image)
             .arg("16M"));
