@@ -1,0 +1,36 @@
+//! Agent policy: Rego rules (evaluated with regorus) that every request must pass, accepted only
+//! when its SHA-256 equals HOST_DATA in this guest's attestation report.
+
+mod engine;
+mod gate;
+mod input;
+
+pub use engine::{PolicyEngine, POLICY_PACKAGE};
+pub use gate::PolicyGate;
+pub use input::request_to_input_json;
+
+/// Errors from loading or applying a policy.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("no policy is loaded: every request except SetPolicy is refused until one is")]
+    NoPolicy,
+    #[error("policy is {len} bytes; the limit is {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("policy does not parse: {0}")]
+    Parse(String),
+    #[error("policy digest sha256:{policy} does not match HOST_DATA {host_data} in the attestation report")]
+    DigestMismatch { policy: String, host_data: String },
+    #[error("cannot fetch the attestation report to check the policy digest: {0}")]
+    Attestation(#[from] crate::attestation::AttestationError),
+    #[error("{rule} is denied by policy")]
+    Denied { rule: String },
+    #[error("evaluating policy rule {rule}: {message}")]
+    Evaluation { rule: String, message: String },
+    #[error("request cannot be turned into policy input: {0}")]
+    Input(String),
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,367 @@
+//! The ttrpc services: every Kata request passes the policy gate, then goes to the runtime.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use protobuf::well_known_types::empty::Empty;
+use protobuf::MessageFull;
+use ttrpc::r#async::TtrpcContext;
+use ttrpc::{Code, Error as TtrpcError};
+
+use crate::attestation::pad_report_data;
+use crate::container::{ContainerError, ContainerManager};
+use crate::policy::{PolicyError, PolicyGate};
+use crate::protocols::{agent, agent_ttrpc, veil, veil_ttrpc};
+
+/// What the agent does when the sandbox is destroyed (power off when it is PID 1).
+pub type OnDestroy = Box<dyn Fn() + Send + Sync>;
+
+/// Shared state behind both services.
+pub struct Agent {
+    gate: Arc<PolicyGate>,
+    containers: Arc<ContainerManager>,
+    init_daemon: bool,
+    on_destroy: OnDestroy,
+}
+
+impl Agent {
+    /// Builds the agent. `init_daemon` is reported by GetGuestDetails; `on_destroy` runs after
+    /// DestroySandbox has removed every container.
+    pub fn new(
+        gate: Arc<PolicyGate>,
+        containers: Arc<ContainerManager>,
+        init_daemon: bool,
+        on_destroy: OnDestroy,
+    ) -> Self {
+        Self {
+            gate,
+            containers,
+            init_daemon,
+            on_destroy,
+        }
+    }
+
+    fn authorize<M: MessageFull>(&self, rule: &str, req: &M) -> ttrpc::Result<()> {
+        self.gate.authorize(rule, req).map_err(|e| {
+            tracing::warn!(rule, error = %e, "request refused by policy");
+            policy_status(e)
+        })
+    }
+}
+
+fn status(code: Code, msg: impl Into<String>) -> TtrpcError {
+    TtrpcError::RpcStatus(ttrpc::get_status(code, msg.into()))
+}
+
+fn policy_status(e: PolicyError) -> TtrpcError {
+    let code = match e {
+        PolicyError::NoPolicy | PolicyError::Denied { .. } => Code::PERMISSION_DENIED,
+        PolicyError::Parse(_) | PolicyError::TooLarge { .. } | PolicyError::Input(_) => {
+            Code::INVALID_ARGUMENT
+        }
+        PolicyError::DigestMismatch { .. } => Code::PERMISSION_DENIED,
+        PolicyError::Attestation(_) | PolicyError::Evaluation { .. } => Code::INTERNAL,
+    };
+    status(code, e.to_string())
+}
+
+fn container_status(e: ContainerError) -> TtrpcError {
+    tracing::warn!(error = %e, "request failed");
+    status(e.code(), e.to_string())
+}
+
+/// Runs the policy check, then `body`, mapping errors to ttrpc statuses.
+macro_rules! handle {
+    ($self:ident, $rule:literal, $req:ident, $body:expr) => {{
+        $self.authorize($rule, &$req)?;
+        $body.map_err(container_status)
+    }};
+}
+
+#[async_trait]
+impl agent_ttrpc::AgentService for Agent {
+    async fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle!(
+            self,
+            "CreateContainerRequest",
+            req,
+            self.containers.create(&req).await
+        )?;
+        Ok(Empty::new())
+    }
+
+    async fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::StartContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle!(
+            self,
+            "StartContainerRequest",
+            req,
+            self.containers.start(&req.container_id).await
+        )?;
+        Ok(Empty::new())
+    }
+
+    async fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle!(
+            self,
+            "RemoveContainerRequest",
+            req,
+            self.containers.remove(&req.container_id).await
+        )?;
+        Ok(Empty::new())
+    }
+
+    async fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle!(
+            self,
+            "ExecProcessRequest",
+            req,
+            self.containers.exec(&req).await
+        )?;
+        Ok(Empty::new())
+    }
+
+    async fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle!(
+            self,
+            "SignalProcessRequest",
+            req,
+            self.containers
+                .signal(&req.container_id, &req.exec_id, req.signal)
+                .await
+        )?;
+        Ok(Empty::new())
+    }
+
+    async fn wait_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::WaitProcessRequest,
+    ) -> ttrpc::Result<agent::WaitProcessResponse> {
+        let status = handle!(
+            self,
+            "WaitProcessRequest",
+            req,
+            self.containers.wait(&req.container_id, &req.exec_id).await
+        )?;
+        let mut resp = agent::WaitProcessResponse::new();
+        resp.status = status;
+        Ok(resp)
+    }
+
+    async fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::StatsContainerRequest,
+    ) -> ttrpc::Result<agent::StatsContainerResponse> {
+        handle!(
+            self,
+            "StatsContainerRequest",
+            req,
+            self.containers.stats(&req.container_id).await
+        )
+    }
+
+    async fn write_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::WriteStreamRequest,
+    ) -> ttrpc::Result<agent::WriteStreamResponse> {
+        let len = handle!(
+            self,
+            "WriteStreamRequest",
+            req,
+            self.containers
+                .write_stdin(&req.container_id, &req.exec_id, &req.data)
+                .await
+        )?;
+        let mut resp = agent::WriteStreamResponse::new();
+        resp.len = len;
+        Ok(resp)
+    }
+
+    async fn read_stdout(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ReadStreamRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        let data = handle!(
+            self,
+            "ReadStreamRequest",
+            req,
+            self.containers
+                .read_output(&req.container_id, &req.exec_id, req.len, false)
+                .await
+        )?;
+        let mut resp = agent::ReadStreamResponse::new();
+        resp.data = data;
+        Ok(resp)
+    }
+
+    async fn read_stderr(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ReadStreamRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        let data = handle!(
+            self,
+            "ReadStreamRequest",
+            req,
+            self.containers
+                .read_output(&req.container_id, &req.exec_id, req.len, true)
+                .await
+        )?;
+        let mut resp = agent::ReadStreamResponse::new();
+        resp.data = data;
+        Ok(resp)
+    }
+
+    async fn close_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::CloseStdinRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle!(
+            self,
+            "CloseStdinRequest",
+            req,
+            self.containers
+                .close_stdin(&req.container_id, &req.exec_id)
+                .await
+        )?;
+        Ok(Empty::new())
+    }
+
+    async fn tty_win_resize(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle!(
+            self,
+            "TtyWinResizeRequest",
+            req,
+            self.containers
+                .resize_tty(&req.container_id, &req.exec_id, req.row, req.column)
+                .await
+        )?;
+        Ok(Empty::new())
+    }
+
+    async fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle!(
+            self,
+            "CreateSandboxRequest",
+            req,
+            self.containers.create_sandbox(&req)
+        )?;
+        Ok(Empty::new())
+    }
+
+    async fn destroy_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle!(
+            self,
+            "DestroySandboxRequest",
+            req,
+            self.containers.remove_all().await
+        )?;
+        (self.on_destroy)();
+        Ok(Empty::new())
+    }
+
+    async fn get_guest_details(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::GuestDetailsRequest,
+    ) -> ttrpc::Result<agent::GuestDetailsResponse> {
+        self.authorize("GuestDetailsRequest", &req)?;
+        let mut details = agent::AgentDetails::new();
+        details.version = env!("CARGO_PKG_VERSION").to_string();
+        details.init_daemon = self.init_daemon;
+        details.storage_handlers = vec!["blk".into()];
+        let mut resp = agent::GuestDetailsResponse::new();
+        if req.mem_block_size {
+            resp.mem_block_size_bytes = read_mem_block_size().unwrap_or(0);
+        }
+        resp.agent_details = protobuf::MessageField::some(details);
+        Ok(resp)
+    }
+
+    async fn set_policy(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::SetPolicyRequest,
+    ) -> ttrpc::Result<Empty> {
+        // Replacing a loaded policy needs that policy's consent; the first load is bound only by
+        // HOST_DATA (checked in `load`).
+        if self.gate.is_loaded() {
+            self.authorize("SetPolicyRequest", &req)?;
+        }
+        self.gate.load(&req.policy).map_err(|e| {
+            tracing::warn!(error = %e, "policy refused");
+            policy_status(e)
+        })?;
+        Ok(Empty::new())
+    }
+}
+
+fn read_mem_block_size() -> Option<u64> {
+    let text = std::fs::read_to_string("/sys/devices/system/memory/block_size_bytes").ok()?;
+    u64::from_str_radix(text.trim(), 16).ok()
+}
+
+#[async_trait]
+impl veil_ttrpc::AttestationService for Agent {
+    async fn get_attestation_report(
+        &self,
+        _ctx: &TtrpcContext,
+        req: veil::GetAttestationReportRequest,
+    ) -> ttrpc::Result<veil::GetAttestationReportResponse> {
+        // Evidence reveals nothing the host does not know and is what a relying party needs to
+        // decide whether to trust this guest, so it is served with or without a policy.
+        let data = pad_report_data(&req.report_data)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let source = self.gate.attestation();
+        let report = source
+            .report(&data)
+            .map_err(|e| status(Code::INTERNAL, e.to_string()))?;
+        let mut resp = veil::GetAttestationReportResponse::new();
+        resp.report = report.as_bytes().to_vec();
+        resp.source = source.name().to_string();
+        Ok(resp)
+    }
+}
+
+/// The ttrpc service table for `agent`.
+pub fn services(agent: Arc<Agent>) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
+    let mut all = agent_ttrpc::create_agent_service(agent.clone());
+    all.extend(veil_ttrpc::create_attestation_service(agent));
+    all
+}

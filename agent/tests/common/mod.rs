@@ -1,0 +1,400 @@
+//! Shared helpers for the host-process integration tests: a busybox root image on a loop
+//! device, an agent process on a Unix socket, and request builders.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use sha2::{Digest, Sha256};
+use veil_agent::client::AgentClient;
+use veil_agent::protocols::{agent, oci};
+
+/// A policy that allows every request the agent serves.
+pub const ALLOW_ALL: &str = r#"package agent_policy
+
+default CreateContainerRequest := true
+default StartContainerRequest := true
+default RemoveContainerRequest := true
+default ExecProcessRequest := true
+default SignalProcessRequest := true
+default WaitProcessRequest := true
+default StatsContainerRequest := true
+default WriteStreamRequest := true
+default ReadStreamRequest := true
+default CloseStdinRequest := true
+default TtyWinResizeRequest := true
+default CreateSandboxRequest := true
+default DestroySandboxRequest := true
+default GuestDetailsRequest := true
+default SetPolicyRequest := true
+"#;
+
+/// Why this host cannot run the container tests, if it cannot.
+pub fn missing_prerequisite() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (mounts, loop devices and cgroups need root)".into());
+    }
+    for tool in ["/usr/sbin/mkfs.ext4", "/usr/sbin/losetup", "/bin/busybox"] {
+        if !Path::new(tool).exists() {
+            return Some(format!(
+                "{tool} missing (apt-get install e2fsprogs busybox-static mount)"
+            ));
+        }
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Some("no /dev/loop-control".into());
+    }
+    None
+}
+
+/// Skips the calling test (returns from it) when the host lacks something, saying why.
+#[macro_export]
+macro_rules! require_host {
+    () => {
+        if let Some(why) = common::missing_prerequisite() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+pub fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Where `BusyboxImage::with_verity` puts the hash tree (the ext4 image is 16 MiB).
+pub const VERITY_HASH_OFFSET: u64 = 16 << 20;
+
+/// An ext4 image with a static busybox and its applet links, attached read-only to a loop
+/// device; detached on drop.
+pub struct BusyboxImage {
+    pub device: String,
+    _dir: tempfile::TempDir,
+}
+
+impl BusyboxImage {
+    pub fn new() -> Self {
+        Self::build(false).0
+    }
+
+    /// Like `new`, with a dm-verity hash tree appended at [`VERITY_HASH_OFFSET`]; returns the
+    /// root hash `veritysetup` printed.
+    pub fn with_verity() -> (Self, String) {
+        let (image, root) = Self::build(true);
+        (image, root.expect("veritysetup printed a root hash"))
+    }
+
+    /// The same tree packed with mkfs.erofs instead of ext4.
+    pub fn erofs() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = populate(dir.path());
+        let image = dir.path().join("rootfs.erofs");
+        run(Command::new("/usr/bin/mkfs.erofs").arg(&image).arg(&root));
+        let device = attach(&image);
+        Self { device, _dir: dir }
+    }
+
+    fn build(verity: bool) -> (Self, Option<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = populate(dir.path());
+        let image = dir.path().join("rootfs.ext4");
+        run(Command::new("/usr/sbin/mkfs.ext4")
+            // 4 KiB blocks: a dm-verity device has 4 KiB logical blocks, and ext4 cannot use
+            // blocks smaller than its device's (mkfs picks 1 KiB for small images).
+            .args(["-q", "-F", "-b", "4096", "-d"])
+            .arg(&root)
+            .arg(&image)
+            .arg("16M"));
+        let mut root_hash = None;
+        if verity {
+            let out = Command::new("/usr/sbin/veritysetup")
+                .arg("format")
+                .arg(format!("--hash-offset={VERITY_HASH_OFFSET}"))
+                .arg(format!("--data-blocks={}", VERITY_HASH_OFFSET / 4096))
+                .arg(&image)
+                .arg(&image)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "veritysetup: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8(out.stdout).unwrap();
+            root_hash = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Root hash:"))
+                .map(|h| h.trim().to_string());
+        }
+        let device = attach(&image);
+        (Self { device, _dir: dir }, root_hash)
+    }
+}
+
+impl Drop for BusyboxImage {
+    fn drop(&mut self) {
+        let _ = Command::new("/usr/sbin/losetup")
+            .args(["-d", &self.device])
+            .status();
+    }
+}
+
+/// Writes a root tree (static busybox and applet links) under `dir`; returns its path.
+fn populate(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    for d in ["proc", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "echo", "cat", "sleep", "hostname", "id", "ls", "true", "stty",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    root
+}
+
+/// Attaches `image` read-only to a free loop device.
+fn attach(image: &Path) -> String {
+    let out = Command::new("/usr/sbin/losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An agent process serving a Unix socket, killed on drop.
+pub struct AgentProcess {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts the agent with the insecure attestation backend reporting `host_data_hex`.
+    pub fn start(host_data_hex: &str) -> Self {
+        Self::start_with(host_data_hex, &[])
+    }
+
+    /// Like `start`, with extra command-line arguments.
+    pub fn start_with(host_data_hex: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let state_dir = dir.path().join("state");
+        let child = Command::new(env!("CARGO_BIN_EXE_veil-agent"))
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .args([
+                "--attestation",
+                "insecure",
+                "--insecure-host-data",
+                host_data_hex,
+            ])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            dir,
+            socket,
+            state_dir,
+        }
+    }
+
+    /// Connects once the socket accepts connections (bounded number of attempts).
+    pub async fn connect(&mut self) -> AgentClient {
+        for _ in 0..1000 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("agent exited early: {status}");
+            }
+            if let Ok(stream) = tokio::net::UnixStream::connect(&self.socket).await {
+                return AgentClient::from_stream(stream);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("agent socket {} never accepted", self.socket.display());
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits for the agent process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
+    /// Whether the agent process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for AgentProcess {
+    /// SIGTERM first, so that a failed test still has the agent remove its containers
+    /// (mounts, cgroups); SIGKILL if it has not exited after a bounded wait.
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..500 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(0)
+}
+
+/// The ttrpc status code and message of a failed call.
+pub fn status_of<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> (ttrpc::Code, String) {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) => (s.code(), s.message().to_string()),
+        other => panic!("expected an RPC status error, got {other:?}"),
+    }
+}
+
+pub fn process(args: &[&str]) -> oci::Process {
+    let mut p = oci::Process::new();
+    p.Args = args.iter().map(|s| s.to_string()).collect();
+    p.Env = vec!["PATH=/bin".into()];
+    p.Cwd = "/".into();
+    p
+}
+
+/// A CreateContainerRequest for `id` with its root on `device`.
+pub fn create_request(id: &str, device: &str, args: &[&str]) -> agent::CreateContainerRequest {
+    let root_path = format!("/run/kata-containers/{id}/rootfs");
+    let mut storage = agent::Storage::new();
+    storage.driver = "blk".into();
+    storage.source = device.into();
+    storage.fstype = "ext4".into();
+    storage.mount_point = root_path.clone();
+    let mut root = oci::Root::new();
+    root.Path = root_path;
+    let mut proc_mount = oci::Mount::new();
+    proc_mount.destination = "/proc".into();
+    proc_mount.type_ = "proc".into();
+    proc_mount.source = "proc".into();
+    let mut tmp_mount = oci::Mount::new();
+    tmp_mount.destination = "/tmp".into();
+    tmp_mount.type_ = "tmpfs".into();
+    tmp_mount.source = "tmpfs".into();
+    tmp_mount.options = vec!["nosuid".into(), "mode=1777".into()];
+    let mut spec = oci::Spec::new();
+    spec.Root = protobuf::MessageField::some(root);
+    spec.Process = protobuf::MessageField::some(process(args));
+    spec.Hostname = "veil-test".into();
+    spec.Mounts = vec![proc_mount, tmp_mount];
+    let mut req = agent::CreateContainerRequest::new();
+    req.container_id = id.into();
+    req.exec_id = id.into();
+    req.storages = vec![storage];
+    req.OCI = protobuf::MessageField::some(spec);
+    req
+}
+
+pub fn read_req(id: &str, exec_id: &str) -> agent::ReadStreamRequest {
+    let mut r = agent::ReadStreamRequest::new();
+    r.container_id = id.into();
+    r.exec_id = exec_id.into();
+    r.len = 4096;
+    r
+}
+
+/// Reads stdout (or stderr) until end of stream.
+pub async fn read_all(client: &AgentClient, id: &str, exec_id: &str, stderr: bool) -> String {
+    let mut out = Vec::new();
+    loop {
+        let req = read_req(id, exec_id);
+        let resp = if stderr {
+            client.agent.read_stderr(ctx(), &req).await.unwrap()
+        } else {
+            client.agent.read_stdout(ctx(), &req).await.unwrap()
+        };
+        if resp.data.is_empty() {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        out.extend_from_slice(&resp.data);
+    }
+}
+
+/// Reads stdout until `want` has been seen.
+pub async fn read_until(client: &AgentClient, id: &str, exec_id: &str, want: &str) -> String {
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).contains(want) {
+        let resp = client
+            .agent
+            .read_stdout(ctx(), &read_req(id, exec_id))
+            .await
+            .unwrap();
+        assert!(
+            !resp.data.is_empty(),
+            "stdout ended before {want:?}; got {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&resp.data);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Mount points (from /proc/self/mountinfo) under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&prefix))
+        .collect()
+}
+
+/// The cgroup directory the agent uses for container `id`.
+pub fn cgroup_dir(id: &str) -> PathBuf {
+    veil_agent::container::detect_cgroup_root()
+        .expect("cgroup v2 hierarchy")
+        .join("veil")
+        .join(id)
+}
+
+/// Whether a process with `pid` exists.
+pub fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}

@@ -1,0 +1,40 @@
+//! The generated messages put fields at Kata's field numbers (the wire format is what matters for
+//! compatibility, so check encoded tags against the numbers in Kata's agent.proto/oci.proto).
+
+use protobuf::Message;
+use veil_agent::protocols::{agent, oci};
+
+#[test]
+fn create_container_request_uses_kata_field_numbers() {
+    let mut req = agent::CreateContainerRequest::new();
+    req.container_id = "c".into();
+    let mut spec = oci::Spec::new();
+    spec.Hostname = "h".into();
+    req.OCI = protobuf::MessageField::some(spec);
+    let bytes = req.write_to_bytes().unwrap();
+    // field 1 (container_id), wire type 2 -> tag 0x0a; field 6 (OCI), wire type 2 -> tag 0x32;
+    // inside Spec, field 4 (Hostname) -> tag 0x22.
+    assert_eq!(bytes, vec![0x0a, 1, b'c', 0x32, 3, 0x22, 1, b'h']);
+}
+
+#[test]
+fn read_stream_request_len_is_field_three() {
+    let mut req = agent::ReadStreamRequest::new();
+    req.len = 5;
+    assert_eq!(req.write_to_bytes().unwrap(), vec![0x18, 5]);
+}
+
+#[test]
+fn set_policy_request_policy_is_field_one() {
+    let mut req = agent::SetPolicyRequest::new();
+    req.policy = "p".into();
+    assert_eq!(req.write_to_bytes().unwrap(), vec![0x0a, 1, b'p']);
+}
+
+#[test]
+fn unknown_kata_fields_are_skipped_not_rejected() {
+    // Storage field 7 (fs_group, not in our subset) followed by field 3 (source).
+    let bytes = [0x3a, 0x02, 0x10, 0x01, 0x1a, 0x01, b'x'];
+    let storage = agent::Storage::parse_from_bytes(&bytes).unwrap();
+    assert_eq!(storage.source, "x");
+}
