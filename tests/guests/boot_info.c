@@ -13,29 +13,6 @@ struct e820 {
     u32 type;
 } __attribute__((packed));
 
-static u32 mptable_cpus(void) {
-    /* The MP floating pointer sits in the first KiB of the EBDA (0x9fc00). */
-    for (u64 p = 0x9fc00; p < 0xa0000; p += 16) {
-        const u8 *mpf = (const u8 *)p;
-        if (mpf[0] == '_' && mpf[1] == 'M' && mpf[2] == 'P' && mpf[3] == '_') {
-            const u8 *table = (const u8 *)(u64)(*(const u32 *)(mpf + 4));
-            u16 count = *(const u16 *)(table + 34);
-            const u8 *entry = table + 44;
-            u32 cpus = 0;
-            for (u16 i = 0; i < count; i++) {
-                if (entry[0] == 0) {
-                    cpus += entry[3] & 1;
-                    entry += 20;
-                } else {
-                    entry += 8;
-                }
-            }
-            return cpus;
-        }
-    }
-    return 0;
-}
-
 void guest_main(const u8 *boot_params) {
     u64 cr0, cr4, cs;
     __asm__ volatile("mov %%cr0, %0" : "=r"(cr0));

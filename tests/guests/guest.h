@@ -50,6 +50,30 @@ static inline void cpuid(u32 leaf, u32 sub, u32 *a, u32 *b, u32 *c, u32 *d) {
     __asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(sub));
 }
 
+/* The number of enabled processors the MP table lists (0 without a table). The MP floating
+ * pointer sits in the first KiB of the EBDA (0x9fc00). */
+static inline u32 mptable_cpus(void) {
+    for (u64 p = 0x9fc00; p < 0xa0000; p += 16) {
+        const u8 *mpf = (const u8 *)p;
+        if (mpf[0] == '_' && mpf[1] == 'M' && mpf[2] == 'P' && mpf[3] == '_') {
+            const u8 *table = (const u8 *)(u64)(*(const u32 *)(mpf + 4));
+            u16 count = *(const u16 *)(table + 34);
+            const u8 *entry = table + 44;
+            u32 cpus = 0;
+            for (u16 i = 0; i < count; i++) {
+                if (entry[0] == 0) {
+                    cpus += entry[3] & 1;
+                    entry += 20;
+                } else {
+                    entry += 8;
+                }
+            }
+            return cpus;
+        }
+    }
+    return 0;
+}
+
 /* Asks the VMM to end the VM: command 0xfe to the i8042 controller. */
 static inline __attribute__((noreturn)) void reset(void) {
     for (;;) {

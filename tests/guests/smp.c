@@ -76,24 +76,6 @@ __asm__(
     "trampoline_end:\n"
     ".code64\n");
 
-static u32 mptable_cpus(void) {
-    for (u64 p = 0x9fc00; p < 0xa0000; p += 16) {
-        const u8 *mpf = (const u8 *)p;
-        if (mpf[0] == '_' && mpf[1] == 'M' && mpf[2] == 'P' && mpf[3] == '_') {
-            const u8 *table = (const u8 *)(u64)(*(const u32 *)(mpf + 4));
-            u16 count = *(const u16 *)(table + 34);
-            const u8 *entry = table + 44;
-            u32 cpus = 0;
-            for (u16 i = 0; i < count; i++) {
-                cpus += entry[0] == 0;
-                entry += entry[0] == 0 ? 20 : 8;
-            }
-            return cpus;
-        }
-    }
-    return 0;
-}
-
 void guest_main(const u8 *boot_params) {
     (void)boot_params;
     u32 cpus = mptable_cpus();

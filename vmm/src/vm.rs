@@ -180,38 +180,28 @@ impl Vm {
             .collect();
 
         let mut mmio = Bus::new();
-        let boot_timer = config.boot_timer.then_some(start);
-        let (entry, devices, cmdline, snp_launch) = match snp {
+        let devices = devices::attach(
+            &vm_fd,
+            &memory,
+            &mut mmio,
+            std::mem::take(&mut config.disks),
+            config.vsock.take(),
+            config.boot_timer.then_some(start),
+        )?;
+        let cmdline = config.full_cmdline(&devices.cmdline_args)?;
+        let (entry, snp_launch) = match snp {
             None => {
                 let kernel = boot::load_kernel(&memory, &config.kernel, mem_bytes)?;
                 let initrd = match &config.initrd {
                     Some(path) => Some(boot::load_initrd(&memory, path, &kernel, mem_bytes)?),
                     None => None,
                 };
-                let devices = devices::attach(
-                    &vm_fd,
-                    &memory,
-                    &mut mmio,
-                    std::mem::take(&mut config.disks),
-                    config.vsock.take(),
-                    boot_timer,
-                )?;
-                let cmdline = config.full_cmdline(&devices.cmdline_args)?;
                 boot::write_boot_params(&memory, &kernel, &cmdline, initrd, mem_bytes)?;
                 regs::write_boot_tables(&memory)?;
                 mptable::write_mptable(&memory, config.vcpus)?;
-                (BootEntry::Linux(kernel.entry), devices, cmdline, None)
+                (BootEntry::Linux(kernel.entry), None)
             }
             Some((plan, snp)) => {
-                let devices = devices::attach(
-                    &vm_fd,
-                    &memory,
-                    &mut mmio,
-                    std::mem::take(&mut config.disks),
-                    config.vsock.take(),
-                    boot_timer,
-                )?;
-                let cmdline = config.full_cmdline(&devices.cmdline_args)?;
                 let facts = GuestFacts {
                     mem_bytes,
                     vcpus: config.vcpus,
@@ -219,12 +209,7 @@ impl Vm {
                     cpuid: &cpuids[0],
                 };
                 let launch = snp_launch::launch_with_model(&memory, &plan, &snp, &facts)?;
-                (
-                    BootEntry::Vmsa(Box::new(plan.bsp)),
-                    devices,
-                    cmdline,
-                    Some(launch),
-                )
+                (BootEntry::Vmsa(Box::new(plan.bsp)), Some(launch))
             }
         };
         let vcpus = create_vcpus(&vm_fd, &cpuids, &entry)?;
