@@ -1,0 +1,423 @@
+//! `veil igvm build`: an IGVM file that boots a Linux `vmlinux` directly as an SEV-SNP guest,
+//! without firmware, in the form [`super::load_igvm`] reads.
+//!
+//! What the BSP finds at entry (Linux's 64-bit boot protocol, as the decompressor leaves it
+//! for `startup_64` in an SNP guest): long mode, CS = flat 64-bit code 0x10, data segments
+//! 0x18, paging on an identity map of the first 4 GiB whose entries and CR3 carry the C-bit,
+//! RIP = `e_entry` (the physical address of `startup_64`), RSI = the zero page, whose
+//! `cc_blob_address` points at the CC blob naming the secrets and CPUID pages.
+//!
+//! What is launched and how (see [`layout`] for the GPAs):
+//! - NORMAL (contents measured): the PT_LOAD segments, the initrd, the zero page, the
+//!   command line, the CC blob, the GDT and the page tables; pages that are entirely zero
+//!   become ZERO pages instead, which bind the same contents to the digest without hashing
+//!   4 KiB and without carrying data in the file.
+//! - SECRETS and CPUID pages for the firmware (the VMM fills the CPUID page).
+//! - ZERO for every other page of RAM in the e820 map. Linux 6.1 cannot validate its own RAM
+//!   when booted this way: it has no unaccepted-memory support (that arrived in 6.5, and only
+//!   through the EFI unaccepted-memory table), so every RAM page it touches must already be
+//!   validated, and touching one that is not ends the guest (#VC, "page not validated").
+//!   The only pages Linux 6.1 validates itself are those it converts at run time. The
+//!   cheapest launch type that validates a page and fixes its contents is ZERO: measured by
+//!   GPA only. The legacy hole (0xa0000..0x100000) is left out: the kernel skips its ROM, MP
+//!   table and PCI IRQ scans in an SNP guest because nothing there is validated.
+//!
+//! The memory map is fixed at build time from `--mem-mib` and measured inside the zero page,
+//! as is the command line: the host cannot change either without changing the digest. The
+//! VMM must give the guest exactly that much RAM (the file's RequiredMemory directives).
+
+pub mod boot_tables;
+pub mod elf;
+pub mod layout;
+pub mod zero_page;
+
+use std::collections::BTreeMap;
+
+use igvm::snp_defs::{SevFeatures, SevSelector, SevVmsa};
+use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader};
+use igvm_defs::{
+    IgvmPageDataFlags, IgvmPageDataType, IgvmPlatformType, IGVM_SEV_SNP_PLATFORM_VERSION,
+    IGVM_VHS_SUPPORTED_PLATFORM,
+};
+use zerocopy::FromZeros;
+
+use crate::page_info::PAGE_SIZE;
+use crate::vmsa::DEFAULT_G_PAT;
+use boot_tables::{CODE64_ATTRIB, CODE64_SELECTOR, DATA_ATTRIB, DATA_SELECTOR, GDT_ENTRIES};
+use layout::*;
+use zero_page::{cc_blob_page, E820Type, ZeroPage};
+
+/// Largest memory size accepted (every RAM page is one ZERO-page directive in the file).
+pub const MAX_MEM_MIB: u64 = 16 << 10;
+/// C-bit position on every SEV-SNP capable EPYC (Milan, Genoa, Turin): CPUID
+/// 0x8000001F EBX[5:0] = 51.
+pub const DEFAULT_C_BIT: u8 = 51;
+const COMPATIBILITY_MASK: u32 = 1;
+/// RequiredMemory sizes are 32-bit; larger ranges are split.
+const REQUIRED_MEMORY_CHUNK: u64 = 1 << 31;
+
+/// Errors building the image.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Elf(#[from] elf::ElfError),
+    #[error("kernel segment at {paddr:#x} is below 1 MiB, where the boot structures live")]
+    SegmentTooLow { paddr: u64 },
+    #[error("kernel segments overlap at {0:#x}")]
+    SegmentsOverlap(u64),
+    #[error("kernel entry point {0:#x} is not inside a loaded segment")]
+    EntryOutside(u64),
+    #[error("kernel ends at {end:#x} but RAM below the MMIO gap ends at {ram_end:#x} with --mem-mib {mem_mib}; raise --mem-mib")]
+    KernelTooBig {
+        end: u64,
+        ram_end: u64,
+        mem_mib: u64,
+    },
+    #[error("initrd is {len} bytes but only {room} bytes are free between the kernel's end at {kernel_end:#x} and the end of low RAM with --mem-mib {mem_mib}; raise --mem-mib")]
+    InitrdTooBig {
+        len: u64,
+        room: u64,
+        kernel_end: u64,
+        mem_mib: u64,
+    },
+    #[error("command line is {len} bytes, longer than the {CMDLINE_MAX_LEN} Linux accepts")]
+    CmdlineTooLong { len: usize },
+    #[error("command line contains a NUL byte at offset {0}")]
+    CmdlineNul(usize),
+    #[error("--mem-mib {0} is outside 2..={MAX_MEM_MIB}")]
+    BadMemSize(u64),
+    #[error("C-bit position {0} is outside 32..=51")]
+    BadCBit(u8),
+    #[error("writing the IGVM file: {0}")]
+    Igvm(String),
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct BuildInput<'a> {
+    /// The uncompressed ELF `vmlinux`.
+    pub kernel: &'a [u8],
+    pub initrd: Option<&'a [u8]>,
+    pub cmdline: &'a str,
+    /// Guest RAM; fixes the e820 map and the pages validated at launch.
+    pub mem_mib: u64,
+    /// SNP guest policy recorded in the file.
+    pub policy: u64,
+    /// Page-table encryption bit (CPUID 0x8000001F EBX[5:0]).
+    pub c_bit: u8,
+}
+
+/// How a page is launched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Page {
+    Normal(Vec<u8>),
+    Zero,
+    Secrets,
+    Cpuid,
+}
+
+/// Counts of what the file launches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BuildSummary {
+    pub normal_pages: u64,
+    pub zero_pages: u64,
+    pub secrets_pages: u64,
+    pub cpuid_pages: u64,
+    /// The kernel's entry point (RIP).
+    pub entry: u64,
+    /// Where the initrd was placed.
+    pub initrd_gpa: Option<u64>,
+}
+
+impl BuildSummary {
+    /// Bytes whose contents are measured (NORMAL pages).
+    pub fn measured_bytes(&self) -> u64 {
+        self.normal_pages * PAGE_SIZE
+    }
+}
+
+/// The serialized IGVM file and what it contains.
+#[derive(Clone, Debug)]
+pub struct BuiltIgvm {
+    pub bytes: Vec<u8>,
+    pub summary: BuildSummary,
+}
+
+fn page_floor(v: u64) -> u64 {
+    v & !(PAGE_SIZE - 1)
+}
+
+fn page_ceil(v: u64) -> u64 {
+    page_floor(v.saturating_add(PAGE_SIZE - 1))
+}
+
+/// Writes `data` at `gpa` into the page map, zero-filled up to `len` bytes.
+fn place(pages: &mut BTreeMap<u64, Page>, gpa: u64, data: &[u8], len: u64) {
+    let end = gpa + len;
+    let mut page = page_floor(gpa);
+    while page < end {
+        let entry = pages
+            .entry(page)
+            .or_insert_with(|| Page::Normal(vec![0; PAGE_SIZE as usize]));
+        if let Page::Normal(bytes) = entry {
+            let from = gpa.max(page);
+            let to = end.min(page + PAGE_SIZE);
+            for addr in from..to {
+                let i = (addr - gpa) as usize;
+                bytes[(addr - page) as usize] = data.get(i).copied().unwrap_or(0);
+            }
+        }
+        page += PAGE_SIZE;
+    }
+}
+
+/// Loads the kernel's segments; returns the end of the highest one.
+fn place_kernel(
+    pages: &mut BTreeMap<u64, Page>,
+    kernel: &elf::Kernel<'_>,
+    ram_end: u64,
+    mem_mib: u64,
+) -> Result<u64, BuildError> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for seg in &kernel.segments {
+        if seg.paddr < HIMEM_START {
+            return Err(BuildError::SegmentTooLow { paddr: seg.paddr });
+        }
+        let end = seg.paddr + seg.memsz;
+        if end > ram_end {
+            return Err(BuildError::KernelTooBig {
+                end,
+                ram_end,
+                mem_mib,
+            });
+        }
+        if let Some(&(s, _)) = ranges.iter().find(|(s, e)| seg.paddr < *e && *s < end) {
+            return Err(BuildError::SegmentsOverlap(seg.paddr.max(s)));
+        }
+        ranges.push((seg.paddr, end));
+        place(pages, seg.paddr, seg.file, seg.memsz);
+    }
+    if !ranges.iter().any(|(s, e)| (*s..*e).contains(&kernel.entry)) {
+        return Err(BuildError::EntryOutside(kernel.entry));
+    }
+    Ok(ranges.iter().map(|r| r.1).max().unwrap_or(HIMEM_START))
+}
+
+fn check_cmdline(cmdline: &str) -> Result<(), BuildError> {
+    if cmdline.len() > CMDLINE_MAX_LEN {
+        return Err(BuildError::CmdlineTooLong { len: cmdline.len() });
+    }
+    if let Some(at) = cmdline.bytes().position(|b| b == 0) {
+        return Err(BuildError::CmdlineNul(at));
+    }
+    Ok(())
+}
+
+fn selector(selector: u16, attrib: u16) -> SevSelector {
+    SevSelector {
+        selector,
+        attrib,
+        limit: 0xffff_ffff,
+        base: 0,
+    }
+}
+
+/// The BSP's long-mode entry state.
+fn bsp_vmsa(entry: u64, c_bit: u8) -> Box<SevVmsa> {
+    const CR0_PE_ET_PG: u64 = 0x8000_0011;
+    const CR4_PAE: u64 = 0x20;
+    const EFER_LME_LMA: u64 = 0x500;
+    let mut v = SevVmsa::new_box_zeroed().expect("SevVmsa is a few KiB");
+    let data = selector(DATA_SELECTOR, DATA_ATTRIB);
+    v.cs = selector(CODE64_SELECTOR, CODE64_ATTRIB);
+    (v.ds, v.es, v.ss, v.fs, v.gs) = (data, data, data, data, data);
+    v.gdtr = SevSelector {
+        base: GDT_GPA,
+        limit: (GDT_ENTRIES * 8 - 1) as u32,
+        ..SevSelector::new_zeroed()
+    };
+    // The architectural reset values for LDTR and TR: Linux loads its own before use.
+    v.ldtr = SevSelector {
+        attrib: 0x82,
+        limit: 0xffff,
+        ..SevSelector::new_zeroed()
+    };
+    v.tr = SevSelector {
+        attrib: 0x8b,
+        limit: 0xffff,
+        ..SevSelector::new_zeroed()
+    };
+    v.efer = EFER_LME_LMA;
+    v.cr0 = CR0_PE_ET_PG;
+    v.cr4 = CR4_PAE;
+    v.cr3 = PML4_GPA | (1u64 << c_bit);
+    v.rflags = 0x2;
+    v.rip = entry;
+    v.rsp = STACK_POINTER;
+    v.rsi = ZERO_PAGE_GPA;
+    v.pat = DEFAULT_G_PAT;
+    v.xcr0 = 1;
+    v.mxcsr = 0x1f80;
+    v.x87_fcw = 0x37f;
+    v.sev_features = SevFeatures::new().with_snp(true);
+    v
+}
+
+/// Builds the IGVM file.
+pub fn build_igvm(input: &BuildInput<'_>) -> Result<BuiltIgvm, BuildError> {
+    if !(2..=MAX_MEM_MIB).contains(&input.mem_mib) {
+        return Err(BuildError::BadMemSize(input.mem_mib));
+    }
+    if !(32..=51).contains(&input.c_bit) {
+        return Err(BuildError::BadCBit(input.c_bit));
+    }
+    check_cmdline(input.cmdline)?;
+    let kernel = elf::parse(input.kernel)?;
+    let mem_bytes = input.mem_mib << 20;
+    let ram_end = low_ram_end(mem_bytes);
+
+    let mut pages: BTreeMap<u64, Page> = BTreeMap::new();
+    let kernel_end = page_ceil(place_kernel(&mut pages, &kernel, ram_end, input.mem_mib)?);
+    let initrd = match input.initrd {
+        Some(data) => {
+            let len = data.len() as u64;
+            let room = ram_end.saturating_sub(kernel_end);
+            if page_ceil(len) > room {
+                return Err(BuildError::InitrdTooBig {
+                    len,
+                    room,
+                    kernel_end,
+                    mem_mib: input.mem_mib,
+                });
+            }
+            let gpa = page_floor(ram_end - len);
+            place(&mut pages, gpa, data, len);
+            Some((gpa, len))
+        }
+        None => None,
+    };
+
+    let map = e820_map(mem_bytes);
+    let zero = ZeroPage {
+        e820: &map,
+        cmdline_gpa: CMDLINE_GPA,
+        cmdline_len: input.cmdline.len() as u32,
+        initrd,
+        cc_blob_gpa: CC_BLOB_GPA as u32,
+    };
+    let mut cmdline = input.cmdline.as_bytes().to_vec();
+    cmdline.push(0);
+    let fixed = [
+        (GDT_GPA, Page::Normal(boot_tables::gdt_page())),
+        (
+            CC_BLOB_GPA,
+            Page::Normal(cc_blob_page(SECRETS_GPA, CPUID_GPA)),
+        ),
+        (SECRETS_GPA, Page::Secrets),
+        (CPUID_GPA, Page::Cpuid),
+        (ZERO_PAGE_GPA, Page::Normal(zero.to_page())),
+    ];
+    pages.extend(fixed);
+    place(&mut pages, CMDLINE_GPA, &cmdline, cmdline.len() as u64);
+    let tables = boot_tables::identity_page_tables(PML4_GPA, Some(input.c_bit));
+    for (i, table) in tables.into_iter().enumerate() {
+        pages.insert(PML4_GPA + i as u64 * PAGE_SIZE, Page::Normal(table));
+    }
+
+    // Every other RAM page is validated as a ZERO page; all-zero data pages become ZERO too.
+    for e in map.iter().filter(|e| e.kind == E820Type::Ram) {
+        for gpa in (e.addr..e.addr + e.size).step_by(PAGE_SIZE as usize) {
+            pages.entry(gpa).or_insert(Page::Zero);
+        }
+    }
+    for page in pages.values_mut() {
+        if matches!(page, Page::Normal(d) if d.iter().all(|&b| b == 0)) {
+            *page = Page::Zero;
+        }
+    }
+
+    let summary = BuildSummary {
+        normal_pages: count(&pages, |p| matches!(p, Page::Normal(_))),
+        zero_pages: count(&pages, |p| *p == Page::Zero),
+        secrets_pages: count(&pages, |p| *p == Page::Secrets),
+        cpuid_pages: count(&pages, |p| *p == Page::Cpuid),
+        entry: kernel.entry,
+        initrd_gpa: initrd.map(|(gpa, _)| gpa),
+    };
+    tracing::info!(
+        "IGVM for a direct SNP Linux boot: {} measured bytes, {} ZERO pages",
+        summary.measured_bytes(),
+        summary.zero_pages
+    );
+    let bytes = serialize(pages, &map, input, kernel.entry)?;
+    Ok(BuiltIgvm { bytes, summary })
+}
+
+fn count(pages: &BTreeMap<u64, Page>, pred: impl Fn(&Page) -> bool) -> u64 {
+    pages.values().filter(|p| pred(p)).count() as u64
+}
+
+fn serialize(
+    pages: BTreeMap<u64, Page>,
+    map: &[zero_page::E820Entry],
+    input: &BuildInput<'_>,
+    entry: u64,
+) -> Result<Vec<u8>, BuildError> {
+    let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
+        compatibility_mask: COMPATIBILITY_MASK,
+        highest_vtl: 0,
+        platform_type: IgvmPlatformType::SEV_SNP,
+        platform_version: IGVM_SEV_SNP_PLATFORM_VERSION,
+        shared_gpa_boundary: 0,
+    });
+    let policy = IgvmInitializationHeader::GuestPolicy {
+        policy: input.policy,
+        compatibility_mask: COMPATIBILITY_MASK,
+    };
+    let mut directives = Vec::with_capacity(pages.len() + 8);
+    for e in map.iter().filter(|e| e.kind == E820Type::Ram) {
+        let mut gpa = e.addr;
+        while gpa < e.addr + e.size {
+            let len = (e.addr + e.size - gpa).min(REQUIRED_MEMORY_CHUNK);
+            directives.push(IgvmDirectiveHeader::RequiredMemory {
+                gpa,
+                compatibility_mask: COMPATIBILITY_MASK,
+                number_of_bytes: len as u32,
+                vtl2_protectable: false,
+            });
+            gpa += len;
+        }
+    }
+    for (gpa, page) in pages {
+        let (data_type, data) = match page {
+            Page::Normal(data) => (IgvmPageDataType::NORMAL, data),
+            Page::Zero => (IgvmPageDataType::NORMAL, Vec::new()),
+            Page::Secrets => (IgvmPageDataType::SECRETS, Vec::new()),
+            Page::Cpuid => (IgvmPageDataType::CPUID_DATA, Vec::new()),
+        };
+        directives.push(IgvmDirectiveHeader::PageData {
+            gpa,
+            compatibility_mask: COMPATIBILITY_MASK,
+            flags: IgvmPageDataFlags::new(),
+            data_type,
+            data,
+        });
+    }
+    directives.push(IgvmDirectiveHeader::SnpVpContext {
+        gpa: VMSA_DIRECTIVE_GPA,
+        compatibility_mask: COMPATIBILITY_MASK,
+        vp_index: 0,
+        vmsa: bsp_vmsa(entry, input.c_bit),
+    });
+    let file = IgvmFile::new(
+        igvm::IgvmRevision::V1,
+        vec![platform],
+        vec![policy],
+        directives,
+    )
+    .map_err(|e| BuildError::Igvm(e.to_string()))?;
+    let mut out = Vec::new();
+    file.serialize(&mut out)
+        .map_err(|e| BuildError::Igvm(e.to_string()))?;
+    Ok(out)
+}
