@@ -423,11 +423,14 @@ fn project_vmlinux_builds_and_measures() {
         return;
     };
     let kernel = std::fs::read(&path).unwrap();
+    // An initramfs to measure along with the kernel, when given.
+    let initrd = std::env::var_os("VEIL_INITRD").map(|p| std::fs::read(p).unwrap());
+    let mem_mib = std::env::var("VEIL_MEM_MIB").map_or(256, |m| m.parse().unwrap());
     let built = build_igvm(&BuildInput {
         kernel: &kernel,
-        initrd: None,
+        initrd: initrd.as_deref(),
         cmdline: "console=ttyS0 acpi=off",
-        mem_mib: 256,
+        mem_mib,
         policy: 0x30000,
         c_bit: 51,
     })
@@ -463,8 +466,9 @@ fn project_vmlinux_builds_and_measures() {
     let elapsed = start.elapsed();
     let mib = plan.measured_bytes() as f64 / MIB as f64;
     eprintln!(
-        "project vmlinux, 256 MiB: {} measured bytes ({mib:.2} MiB), {} NORMAL + {} ZERO pages, \
+        "project vmlinux (initrd: {} bytes), {mem_mib} MiB: {} measured bytes ({mib:.2} MiB), {} NORMAL + {} ZERO pages, \
          file {} bytes, digest {} in {elapsed:?} ({:.2} ms per measured MiB)",
+        initrd.as_ref().map_or(0, Vec::len),
         plan.measured_bytes(),
         built.summary.normal_pages,
         built.summary.zero_pages,

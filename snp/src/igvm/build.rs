@@ -162,10 +162,13 @@ fn place(pages: &mut BTreeMap<u64, Page>, gpa: u64, data: &[u8], len: u64) {
         if let Page::Normal(bytes) = entry {
             let from = gpa.max(page);
             let to = end.min(page + PAGE_SIZE);
-            for addr in from..to {
-                let i = (addr - gpa) as usize;
-                bytes[(addr - page) as usize] = data.get(i).copied().unwrap_or(0);
-            }
+            let dst = &mut bytes[(from - page) as usize..(to - page) as usize];
+            // Bytes past the end of `data` (a segment's BSS) are zero.
+            let src_from = ((from - gpa) as usize).min(data.len());
+            let src_to = ((to - gpa) as usize).min(data.len());
+            let copied = src_to - src_from;
+            dst[..copied].copy_from_slice(&data[src_from..src_to]);
+            dst[copied..].fill(0);
         }
         page += PAGE_SIZE;
     }
@@ -227,7 +230,7 @@ fn bsp_vmsa(entry: u64, c_bit: u8) -> Box<SevVmsa> {
     const CR0_PE_ET_PG: u64 = 0x8000_0011;
     const CR4_PAE: u64 = 0x20;
     const EFER_LME_LMA: u64 = 0x500;
-    let mut v = SevVmsa::new_box_zeroed().expect("SevVmsa is a few KiB");
+    let mut v = Box::new(SevVmsa::new_zeroed());
     let data = selector(DATA_SELECTOR, DATA_ATTRIB);
     v.cs = selector(CODE64_SELECTOR, CODE64_ATTRIB);
     (v.ds, v.es, v.ss, v.fs, v.gs) = (data, data, data, data, data);

@@ -28,7 +28,7 @@ pub const E820_MAX_ENTRIES: usize = 128;
 const E820_ENTRY_SIZE: usize = 20;
 /// `struct cc_blob_sev_info` magic, "AMDE" little endian (CC_BLOB_SEV_HDR_MAGIC).
 pub const CC_BLOB_MAGIC: u32 = 0x4544_4d41;
-/// Version written into the CC blob (Linux 6.1 does not check it; OVMF writes 0).
+/// Version written into the CC blob (Linux 6.1 reads only the magic and the two ranges).
 pub const CC_BLOB_VERSION: u16 = 0;
 /// Size of `struct cc_blob_sev_info`.
 pub const CC_BLOB_SIZE: usize = 40;
