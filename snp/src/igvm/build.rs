@@ -424,3 +424,64 @@ fn serialize(
         .map_err(|e| BuildError::Igvm(e.to_string()))?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(kernel: &[u8]) -> BuildInput<'_> {
+        BuildInput {
+            kernel,
+            initrd: None,
+            cmdline: "",
+            mem_mib: 64,
+            policy: 0x30000,
+            c_bit: 51,
+        }
+    }
+
+    #[test]
+    fn bad_kernels_are_refused() {
+        let low = elf::synthetic(0x8_0000, &[(0x8_0000, &[1; 16], 16)]);
+        assert!(matches!(
+            build_igvm(&input(&low)),
+            Err(BuildError::SegmentTooLow { paddr: 0x8_0000 })
+        ));
+        let overlap = elf::synthetic(
+            0x100_0000,
+            &[(0x100_0000, &[1; 16], 0x2000), (0x100_1000, &[2; 16], 16)],
+        );
+        assert!(matches!(
+            build_igvm(&input(&overlap)),
+            Err(BuildError::SegmentsOverlap(0x100_1000))
+        ));
+        let outside = elf::synthetic(0x200_0000, &[(0x100_0000, &[1; 16], 16)]);
+        assert!(matches!(
+            build_igvm(&input(&outside)),
+            Err(BuildError::EntryOutside(0x200_0000))
+        ));
+        let huge = elf::synthetic(0x100_0000, &[(0x100_0000, &[1; 16], 64 << 20)]);
+        let err = build_igvm(&input(&huge)).unwrap_err().to_string();
+        assert!(err.contains("raise --mem-mib"), "{err}");
+    }
+
+    #[test]
+    fn bad_parameters_are_refused() {
+        let k = elf::synthetic(0x100_0000, &[(0x100_0000, &[1; 16], 16)]);
+        let nul = BuildInput {
+            cmdline: "a\0b",
+            ..input(&k)
+        };
+        assert!(matches!(build_igvm(&nul), Err(BuildError::CmdlineNul(1))));
+        let c_bit = BuildInput {
+            c_bit: 63,
+            ..input(&k)
+        };
+        assert!(matches!(build_igvm(&c_bit), Err(BuildError::BadCBit(63))));
+        let mem = BuildInput {
+            mem_mib: 1,
+            ..input(&k)
+        };
+        assert!(matches!(build_igvm(&mem), Err(BuildError::BadMemSize(1))));
+    }
+}

@@ -67,3 +67,44 @@ pub fn e820_map(mem_bytes: u64) -> Vec<E820Entry> {
     }
     map
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_guest_continues_above_4g() {
+        let mem = 5u64 << 30;
+        let map = e820_map(mem);
+        assert_eq!(map.len(), 4);
+        assert_eq!(
+            (map[2].addr, map[2].addr + map[2].size),
+            (HIMEM_START, MMIO_GAP_START)
+        );
+        assert_eq!(map[3].addr, 1 << 32);
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820Type::Ram)
+            .map(|e| e.size)
+            .sum();
+        // All memory but the 384 KiB legacy hole is RAM.
+        assert_eq!(ram, mem - (HIMEM_START - LOW_MEM_END));
+    }
+
+    #[test]
+    fn boot_structures_sit_in_low_ram_apart() {
+        let mut pages = [
+            GDT_GPA,
+            CC_BLOB_GPA,
+            SECRETS_GPA,
+            CPUID_GPA,
+            ZERO_PAGE_GPA,
+            CMDLINE_GPA,
+        ];
+        pages.sort();
+        assert!(pages.windows(2).all(|w| w[0] + 0x1000 <= w[1]));
+        // The page tables (6 pages) end before the command line and miss the stack page.
+        assert!(PML4_GPA + 6 * 0x1000 <= CMDLINE_GPA && STACK_POINTER < PML4_GPA);
+        assert!(CMDLINE_GPA + CMDLINE_MAX_LEN as u64 + 1 <= LOW_MEM_END);
+    }
+}
