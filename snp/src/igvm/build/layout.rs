@@ -40,6 +40,11 @@ pub const MMIO_GAP_END: u64 = 1 << 32;
 /// 0xFFFFFFFFF000); it lies outside RAM so other IGVM loaders do not clash with RAM.
 pub const VMSA_DIRECTIVE_GPA: u64 = 0xffff_f000;
 
+// The page tables (6 pages) end before the command line and miss the stack page; the
+// command line and its NUL end below the legacy hole.
+const _: () = assert!(PML4_GPA + 6 * 0x1000 <= CMDLINE_GPA && STACK_POINTER < PML4_GPA);
+const _: () = assert!(CMDLINE_GPA + (CMDLINE_MAX_LEN as u64) < LOW_MEM_END);
+
 /// RAM below the MMIO gap for `mem_bytes` of memory.
 pub fn low_ram_end(mem_bytes: u64) -> u64 {
     mem_bytes.min(MMIO_GAP_START)
@@ -103,8 +108,5 @@ mod tests {
         ];
         pages.sort();
         assert!(pages.windows(2).all(|w| w[0] + 0x1000 <= w[1]));
-        // The page tables (6 pages) end before the command line and miss the stack page.
-        assert!(PML4_GPA + 6 * 0x1000 <= CMDLINE_GPA && STACK_POINTER < PML4_GPA);
-        assert!(CMDLINE_GPA + CMDLINE_MAX_LEN as u64 + 1 <= LOW_MEM_END);
     }
 }
