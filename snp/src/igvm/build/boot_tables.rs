@@ -1,12 +1,13 @@
 //! The GDT and identity page tables the BSP starts on, with the C-bit where SNP needs it.
 //!
-//! Under SNP every data access through a page-table entry without the C-bit is a *shared*
-//! access: to a private (launch-updated) page that is an RMP fault. Linux's `startup_64` runs
+//! Under SEV, instruction fetches and page-table walks are always private, but a data access
+//! through a leaf entry without the C-bit is a *shared* access: under SNP, to a private
+//! (launch-updated) page that is an RMP fault. Linux's `startup_64` runs
 //! on the loader's tables until `__startup_64` has built its own: it reads boot_params, the
 //! CC blob and the CPUID page, writes its own data (`sev_verify_cbit` stores to kernel data
-//! through these tables and reads it back through the new ones). So every entry here, the
-//! PML4 address in CR3 included, carries the C-bit, exactly as Linux's decompressor leaves it
-//! (`arch/x86/boot/compressed/head_64.S` ORs `sme_me_mask` into each level).
+//! through these tables and reads it back through the new ones). So every leaf carries the
+//! C-bit; the table entries and CR3 carry it too, as in Linux's own tables (the decompressor
+//! ORs `sme_me_mask` into each level, `startup_64` loads CR3 with it).
 
 use crate::page_info::PAGE_SIZE;
 
