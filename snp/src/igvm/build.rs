@@ -27,23 +27,15 @@
 //! VMM must give the guest exactly that much RAM (the file's RequiredMemory directives).
 
 pub mod boot_tables;
+mod bsp;
 pub mod elf;
+mod igvm_file;
 pub mod layout;
 pub mod zero_page;
 
 use std::collections::BTreeMap;
 
-use igvm::snp_defs::{SevFeatures, SevSelector, SevVmsa};
-use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader};
-use igvm_defs::{
-    IgvmPageDataFlags, IgvmPageDataType, IgvmPlatformType, IGVM_SEV_SNP_PLATFORM_VERSION,
-    IGVM_VHS_SUPPORTED_PLATFORM,
-};
-use zerocopy::FromZeros;
-
 use crate::page_info::PAGE_SIZE;
-use crate::vmsa::DEFAULT_G_PAT;
-use boot_tables::{CODE64_ATTRIB, CODE64_SELECTOR, DATA_ATTRIB, DATA_SELECTOR, GDT_ENTRIES};
 use layout::*;
 use zero_page::{cc_blob_page, E820Type, ZeroPage};
 
@@ -52,9 +44,6 @@ pub const MAX_MEM_MIB: u64 = 16 << 10;
 /// C-bit position on every SEV-SNP capable EPYC (Milan, Genoa, Turin): CPUID
 /// 0x8000001F EBX[5:0] = 51.
 pub const DEFAULT_C_BIT: u8 = 51;
-const COMPATIBILITY_MASK: u32 = 1;
-/// RequiredMemory sizes are 32-bit; larger ranges are split.
-const REQUIRED_MEMORY_CHUNK: u64 = 1 << 31;
 
 /// Errors building the image.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +98,7 @@ pub struct BuildInput<'a> {
 
 /// How a page is launched.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Page {
+pub(crate) enum Page {
     Normal(Vec<u8>),
     Zero,
     Secrets,
@@ -216,56 +205,6 @@ fn check_cmdline(cmdline: &str) -> Result<(), BuildError> {
     Ok(())
 }
 
-fn selector(selector: u16, attrib: u16) -> SevSelector {
-    SevSelector {
-        selector,
-        attrib,
-        limit: 0xffff_ffff,
-        base: 0,
-    }
-}
-
-/// The BSP's long-mode entry state.
-fn bsp_vmsa(entry: u64, c_bit: u8) -> Box<SevVmsa> {
-    const CR0_PE_ET_PG: u64 = 0x8000_0011;
-    const CR4_PAE: u64 = 0x20;
-    const EFER_LME_LMA: u64 = 0x500;
-    let mut v = Box::new(SevVmsa::new_zeroed());
-    let data = selector(DATA_SELECTOR, DATA_ATTRIB);
-    v.cs = selector(CODE64_SELECTOR, CODE64_ATTRIB);
-    (v.ds, v.es, v.ss, v.fs, v.gs) = (data, data, data, data, data);
-    v.gdtr = SevSelector {
-        base: GDT_GPA,
-        limit: (GDT_ENTRIES * 8 - 1) as u32,
-        ..SevSelector::new_zeroed()
-    };
-    // The architectural reset values for LDTR and TR: Linux loads its own before use.
-    v.ldtr = SevSelector {
-        attrib: 0x82,
-        limit: 0xffff,
-        ..SevSelector::new_zeroed()
-    };
-    v.tr = SevSelector {
-        attrib: 0x8b,
-        limit: 0xffff,
-        ..SevSelector::new_zeroed()
-    };
-    v.efer = EFER_LME_LMA;
-    v.cr0 = CR0_PE_ET_PG;
-    v.cr4 = CR4_PAE;
-    v.cr3 = PML4_GPA | (1u64 << c_bit);
-    v.rflags = 0x2;
-    v.rip = entry;
-    v.rsp = STACK_POINTER;
-    v.rsi = ZERO_PAGE_GPA;
-    v.pat = DEFAULT_G_PAT;
-    v.xcr0 = 1;
-    v.mxcsr = 0x1f80;
-    v.x87_fcw = 0x37f;
-    v.sev_features = SevFeatures::new().with_snp(true);
-    v
-}
-
 /// Builds the IGVM file.
 pub fn build_igvm(input: &BuildInput<'_>) -> Result<BuiltIgvm, BuildError> {
     if !(2..=MAX_MEM_MIB).contains(&input.mem_mib) {
@@ -352,77 +291,12 @@ pub fn build_igvm(input: &BuildInput<'_>) -> Result<BuiltIgvm, BuildError> {
         summary.measured_bytes(),
         summary.zero_pages
     );
-    let bytes = serialize(pages, &map, input, kernel.entry)?;
+    let bytes = igvm_file::serialize(pages, &map, input, kernel.entry)?;
     Ok(BuiltIgvm { bytes, summary })
 }
 
 fn count(pages: &BTreeMap<u64, Page>, pred: impl Fn(&Page) -> bool) -> u64 {
     pages.values().filter(|p| pred(p)).count() as u64
-}
-
-fn serialize(
-    pages: BTreeMap<u64, Page>,
-    map: &[zero_page::E820Entry],
-    input: &BuildInput<'_>,
-    entry: u64,
-) -> Result<Vec<u8>, BuildError> {
-    let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
-        compatibility_mask: COMPATIBILITY_MASK,
-        highest_vtl: 0,
-        platform_type: IgvmPlatformType::SEV_SNP,
-        platform_version: IGVM_SEV_SNP_PLATFORM_VERSION,
-        shared_gpa_boundary: 0,
-    });
-    let policy = IgvmInitializationHeader::GuestPolicy {
-        policy: input.policy,
-        compatibility_mask: COMPATIBILITY_MASK,
-    };
-    let mut directives = Vec::with_capacity(pages.len() + 8);
-    for e in map.iter().filter(|e| e.kind == E820Type::Ram) {
-        let mut gpa = e.addr;
-        while gpa < e.addr + e.size {
-            let len = (e.addr + e.size - gpa).min(REQUIRED_MEMORY_CHUNK);
-            directives.push(IgvmDirectiveHeader::RequiredMemory {
-                gpa,
-                compatibility_mask: COMPATIBILITY_MASK,
-                number_of_bytes: len as u32,
-                vtl2_protectable: false,
-            });
-            gpa += len;
-        }
-    }
-    for (gpa, page) in pages {
-        let (data_type, data) = match page {
-            Page::Normal(data) => (IgvmPageDataType::NORMAL, data),
-            Page::Zero => (IgvmPageDataType::NORMAL, Vec::new()),
-            Page::Secrets => (IgvmPageDataType::SECRETS, Vec::new()),
-            Page::Cpuid => (IgvmPageDataType::CPUID_DATA, Vec::new()),
-        };
-        directives.push(IgvmDirectiveHeader::PageData {
-            gpa,
-            compatibility_mask: COMPATIBILITY_MASK,
-            flags: IgvmPageDataFlags::new(),
-            data_type,
-            data,
-        });
-    }
-    directives.push(IgvmDirectiveHeader::SnpVpContext {
-        gpa: VMSA_DIRECTIVE_GPA,
-        compatibility_mask: COMPATIBILITY_MASK,
-        vp_index: 0,
-        vmsa: bsp_vmsa(entry, input.c_bit),
-    });
-    let file = IgvmFile::new(
-        igvm::IgvmRevision::V1,
-        vec![platform],
-        vec![policy],
-        directives,
-    )
-    .map_err(|e| BuildError::Igvm(e.to_string()))?;
-    let mut out = Vec::new();
-    file.serialize(&mut out)
-        .map_err(|e| BuildError::Igvm(e.to_string()))?;
-    Ok(out)
 }
 
 #[cfg(test)]
