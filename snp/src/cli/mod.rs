@@ -1,9 +1,11 @@
 //! Command-line front ends for the `veil` binary: argument structs (clap derive) and functions
 //! that do the work and return the text to print. The binary only wires them up.
 
+mod igvm_build;
 mod measure;
 mod report_verify;
 
+pub use igvm_build::{run_igvm_build, IgvmBuildArgs};
 pub use measure::{run_measure, MeasureArgs};
 pub use report_verify::{run_report_verify, ReportVerifyArgs};
 
@@ -16,6 +18,16 @@ pub enum CliError {
     Read {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("building an IGVM from {kernel}: {source}")]
+    IgvmBuild {
+        kernel: PathBuf,
+        source: crate::igvm::BuildError,
     },
     #[error("{file} is larger than {limit} bytes")]
     TooLarge { file: PathBuf, limit: u64 },
