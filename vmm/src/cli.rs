@@ -30,11 +30,22 @@ pub enum Command {
     Demo(MachineArgs),
     /// Print the expected SEV-SNP launch digest (96 hex characters), without hardware.
     Measure(veil_snp::cli::MeasureArgs),
+    /// IGVM files for SEV-SNP guests.
+    Igvm {
+        #[command(subcommand)]
+        command: IgvmCommand,
+    },
     /// SEV-SNP attestation reports.
     Report {
         #[command(subcommand)]
         command: ReportCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IgvmCommand {
+    /// Build an IGVM file that boots a Linux vmlinux directly as an SEV-SNP guest.
+    Build(veil_snp::cli::IgvmBuildArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +248,9 @@ pub fn main(cli: Cli, start: Instant) -> ExitCode {
             outcome.inspect(print_demo_report).map(Some)
         }
         Command::Measure(args) => print_result(veil_snp::cli::run_measure(&args)),
+        Command::Igvm {
+            command: IgvmCommand::Build(args),
+        } => print_result(veil_snp::cli::run_igvm_build(&args)),
         Command::Report {
             command: ReportCommand::Verify(args),
         } => print_result(veil_snp::cli::run_report_verify(&args)),

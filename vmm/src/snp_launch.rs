@@ -110,6 +110,15 @@ pub struct ModelLaunch {
     pub vcpu_signature: u32,
 }
 
+/// The guest physical address width CPUID leaf 0x80000008 reports (36 when absent).
+pub fn phys_address_bits(cpuid: &CpuId) -> u8 {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map_or(36, |e| (e.eax & 0xff) as u8)
+}
+
 /// Refuses a host that cannot run SEV-SNP guests, naming everything that is missing.
 pub fn check_kvm_host() -> Result<(), SnpLaunchError> {
     check_snp_host(&SystemProbe::default()).map_err(|e| SnpLaunchError::Host(e.to_string()))
@@ -340,8 +349,12 @@ fn kvm_segment_of(seg: &Segment) -> kvm_segment {
     }
 }
 
-/// The boot vCPU's registers from the plan's VMSA.
-pub fn bsp_registers(vmsa: &Vmsa, mut sregs: kvm_sregs) -> (kvm_regs, kvm_sregs) {
+/// The boot vCPU's registers from the plan's VMSA, for running the image as a normal VM
+/// (the model backend): CR3 keeps only the bits the host's physical address width allows,
+/// since the C-bit an SNP image sets there is a reserved bit without SNP. The guest's page
+/// tables keep their C-bits, so such a guest faults once it walks them: the launch path is
+/// what runs here, not the SNP guest.
+pub fn bsp_registers(vmsa: &Vmsa, mut sregs: kvm_sregs, phys_bits: u8) -> (kvm_regs, kvm_sregs) {
     let [r8, r9, r10, r11, r12, r13, r14, r15] = vmsa.r8_15;
     let regs = kvm_regs {
         rax: vmsa.rax,
@@ -377,7 +390,7 @@ pub fn bsp_registers(vmsa: &Vmsa, mut sregs: kvm_sregs) -> (kvm_regs, kvm_sregs)
     sregs.idt.base = vmsa.idtr.base;
     sregs.idt.limit = vmsa.idtr.limit as u16;
     sregs.cr0 = vmsa.cr0;
-    sregs.cr3 = vmsa.cr3;
+    sregs.cr3 = vmsa.cr3 & ((1u64 << phys_bits.clamp(32, 52)) - 1);
     sregs.cr4 = vmsa.cr4;
     // EFER.SVME is KVM's business on SNP, not the guest's.
     sregs.efer = vmsa.efer & !(1 << 12);

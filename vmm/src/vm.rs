@@ -432,7 +432,8 @@ fn create_vcpus(vm_fd: &VmFd, cpuids: &[CpuId], entry: &BootEntry) -> Result<Vec
                     let sregs = vcpu
                         .get_sregs()
                         .map_err(kvm_err("report the vCPU's special registers"))?;
-                    let (regs, sregs) = snp_launch::bsp_registers(vmsa, sregs);
+                    let phys_bits = snp_launch::phys_address_bits(cpuid);
+                    let (regs, sregs) = snp_launch::bsp_registers(vmsa, sregs, phys_bits);
                     vcpu.set_sregs(&sregs)
                         .map_err(kvm_err("set the IGVM boot vCPU's special registers"))?;
                     vcpu.set_regs(&regs)
