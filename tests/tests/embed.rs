@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use veil_tests::Guest;
-use veil_vmm::{Console, KernelSource, Vm, VmConfig, VmExit};
+use veil_vmm::{BlockConfig, Console, KernelSource, Vm, VmConfig, VmExit};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -104,4 +104,47 @@ fn many_vms_in_one_process_leak_no_file_descriptors() {
         boot();
     }
     assert_eq!(fds(), before);
+}
+
+#[test]
+fn disks_swap_their_backing_file_while_the_vm_runs() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let layer = dir.path().join("layer.img");
+    std::fs::write(&layer, vec![0u8; 1 << 20]).unwrap();
+    let capture = Capture::default();
+    let mut config = VmConfig::new(KernelSource::Path(Guest::Idle.path().into()));
+    config.console = Console::Writer(Box::new(capture.clone()));
+    // A placeholder drive, as a pod sandbox pre-attaches for containers added later.
+    config.disks = vec![BlockConfig {
+        path: None,
+        read_only: true,
+        id: "layer0".into(),
+    }];
+    let vm = Vm::new(config).unwrap();
+    assert!(
+        vm.cmdline().ends_with("virtio_mmio.device=4K@0xd0001000:5"),
+        "{}",
+        vm.cmdline()
+    );
+    let disks = vm.disks();
+    let stop = vm.stop_handle();
+    let watcher_capture = capture.clone();
+    let swapper = std::thread::spawn(move || {
+        while !watcher_capture.text().contains('\n') {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let swapped = disks[0].swap(&layer);
+        let missing = disks[0].swap(&layer.with_extension("missing"));
+        stop.stop();
+        (swapped, missing)
+    });
+    let outcome = vm.run().unwrap();
+    let (swapped, missing) = swapper.join().unwrap();
+    assert_eq!(outcome.exit, VmExit::StopRequested);
+    swapped.expect("swapping in an existing image while the guest runs");
+    let err = missing
+        .expect_err("a missing image must be refused")
+        .to_string();
+    assert!(err.contains("layer.missing"), "{err}");
 }
