@@ -20,7 +20,8 @@ pub enum OpensslError {
 pub fn parse_speed(output: &str) -> Result<f64, OpensslError> {
     output
         .lines()
-        .filter_map(|line| {
+        .rev()
+        .find_map(|line| {
             let mut words = line.split_whitespace();
             if !words.next()?.eq_ignore_ascii_case("sha384") {
                 return None;
@@ -29,7 +30,6 @@ pub fn parse_speed(output: &str) -> Result<f64, OpensslError> {
             let kilo: f64 = value.parse().ok()?;
             (kilo.is_finite() && kilo > 0.0).then_some(kilo * 1000.0)
         })
-        .last()
         .ok_or_else(|| OpensslError::NoResult(output.trim().to_string()))
 }
 

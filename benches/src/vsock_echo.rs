@@ -4,6 +4,8 @@
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,8 @@ pub enum EchoError {
 /// A running echo server; [`join`](Self::join) returns the bytes it echoed.
 pub struct EchoServer {
     thread: JoinHandle<Result<u64, EchoError>>,
+    /// Set once the VM has ended: a connection that has not come by then never will.
+    vm_ended: Arc<AtomicBool>,
 }
 
 /// The socket veil connects to for guest connections to host port `port`.
@@ -42,12 +46,16 @@ impl EchoServer {
             path: path.clone(),
             source,
         })?;
-        let thread = std::thread::spawn(move || serve(&listener, &path, timeout));
-        Ok(Self { thread })
+        let vm_ended = Arc::new(AtomicBool::new(false));
+        let ended = vm_ended.clone();
+        let thread = std::thread::spawn(move || serve(&listener, &path, timeout, &ended));
+        Ok(Self { thread, vm_ended })
     }
 
-    /// Bytes echoed until the guest closed the stream.
+    /// Bytes echoed until the guest closed the stream. Call it once the VM has ended: if the
+    /// guest never connected, the server gives up at once instead of waiting out its timeout.
     pub fn join(self) -> Result<u64, EchoError> {
+        self.vm_ended.store(true, Ordering::Release);
         self.thread.join().unwrap_or_else(|_| {
             Err(EchoError::Io {
                 path: PathBuf::new(),
@@ -57,7 +65,12 @@ impl EchoServer {
     }
 }
 
-fn serve(listener: &UnixListener, path: &Path, timeout: Duration) -> Result<u64, EchoError> {
+fn serve(
+    listener: &UnixListener,
+    path: &Path,
+    timeout: Duration,
+    vm_ended: &AtomicBool,
+) -> Result<u64, EchoError> {
     let io = |source| EchoError::Io {
         path: path.to_owned(),
         source,
@@ -65,9 +78,11 @@ fn serve(listener: &UnixListener, path: &Path, timeout: Duration) -> Result<u64,
     listener.set_nonblocking(true).map_err(io)?;
     let deadline = Instant::now() + timeout;
     let mut stream = loop {
+        // Read before accepting, so a connection queued before the VM ended is still served.
+        let gave_up = vm_ended.load(Ordering::Acquire) || Instant::now() >= deadline;
         match listener.accept() {
             Ok((s, _)) => break s,
-            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+            Err(e) if e.kind() == ErrorKind::WouldBlock && !gave_up => {
                 std::thread::sleep(Duration::from_millis(2))
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -120,6 +135,30 @@ mod tests {
         assert_eq!(got.join().unwrap(), data);
         drop(s);
         assert_eq!(server.join().unwrap(), 200_000);
+    }
+
+    #[test]
+    fn a_vm_that_ended_without_connecting_ends_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("never_5000");
+        // A timeout no test would sit out: join must not wait for it.
+        let server = EchoServer::start(path, Duration::from_secs(3600)).unwrap();
+        let err = server.join().unwrap_err();
+        assert!(matches!(err, EchoError::NoConnection { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_connection_queued_before_the_vm_ended_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queued_5000");
+        let server = EchoServer::start(path.clone(), Duration::from_secs(3600)).unwrap();
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"ping");
+        drop(s);
+        assert_eq!(server.join().unwrap(), 4);
     }
 
     #[test]
