@@ -20,6 +20,15 @@ pub struct Plan {
     pub rate_windows: usize,
     /// Idle VMs up at once for the per-VM memory figure.
     pub idle_vms: usize,
+    /// Runs of each device benchmark guest, and the MiB each moves.
+    pub device_runs: usize,
+    pub blk_mib: u64,
+    pub vsock_mib: u64,
+    /// Launch-digest and `openssl speed` rounds, and the MiB hashed per digest round.
+    pub digest_rounds: usize,
+    pub digest_mib: usize,
+    /// `veil run --igvm ... --snp-firmware model` launches timed.
+    pub snp_launches: usize,
 }
 
 impl Plan {
@@ -33,6 +42,12 @@ impl Plan {
             rate_window: Duration::from_millis(1500),
             rate_windows: 3,
             idle_vms: 16,
+            device_runs: 3,
+            blk_mib: 16,
+            vsock_mib: 4,
+            digest_rounds: 3,
+            digest_mib: 32,
+            snp_launches: 3,
         }
     }
 
@@ -46,6 +61,12 @@ impl Plan {
             rate_window: Duration::from_secs(3),
             rate_windows: 5,
             idle_vms: 64,
+            device_runs: 7,
+            blk_mib: 64,
+            vsock_mib: 16,
+            digest_rounds: 5,
+            digest_mib: 128,
+            snp_launches: 7,
         }
     }
 }

@@ -3,13 +3,19 @@
 //! and Markdown. See `benches/README.md`.
 
 pub mod bench;
+pub mod demo_size;
 pub mod floor;
 pub mod guest;
+pub mod guest_report;
 pub mod launch;
 pub mod machine;
+pub mod model_launch;
+pub mod openssl_speed;
 pub mod proc_mem;
 pub mod pvh_elf;
 pub mod report;
 pub mod sections;
 pub mod stats;
+pub mod tsc;
 pub mod vmm;
+pub mod vsock_echo;

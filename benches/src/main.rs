@@ -63,6 +63,8 @@ enum MainError {
     },
     #[error(transparent)]
     Guest(#[from] guest::GuestBuildError),
+    #[error("measurements failed in: {sections} (see {report})", report = .report.display())]
+    Failed { sections: String, report: PathBuf },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -185,6 +187,13 @@ fn run(args: Args) -> Result<PathBuf, MainError> {
     let markdown = report.markdown();
     write(&out.join(format!("{stem}.md")), &markdown)?;
     println!("{markdown}");
+    let failed: Vec<String> = report.failed().iter().map(|s| s.name.to_string()).collect();
+    if !failed.is_empty() {
+        return Err(MainError::Failed {
+            sections: failed.join("; "),
+            report: json_path,
+        });
+    }
     Ok(json_path)
 }
 

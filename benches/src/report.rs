@@ -48,6 +48,8 @@ pub struct Section {
     pub status: Status,
     pub figures: Vec<Figure>,
     pub ratios: Vec<Ratio>,
+    /// Figures of a section that ran but could not be produced here, each with why.
+    pub skipped: Vec<SkippedFigure>,
     /// How the figures were obtained, for the reader of the table.
     pub notes: Vec<String>,
 }
@@ -61,6 +63,9 @@ pub enum Status {
     Skipped(String),
     /// Waits for a part of Veil that does not exist yet.
     NotYet(String),
+    /// A measurement that should work here failed (named in the reason): the harness exits
+    /// non-zero. Figures measured before the failure are kept.
+    Failed(String),
 }
 
 /// One measured quantity.
@@ -72,6 +77,13 @@ pub struct Figure {
     pub summary: Summary,
 }
 
+/// A figure the section would report but cannot produce here.
+#[derive(Debug, Serialize)]
+pub struct SkippedFigure {
+    pub name: String,
+    pub reason: String,
+}
+
 /// A comparison of two figures' medians from the same run.
 #[derive(Debug, Serialize)]
 pub struct Ratio {
@@ -79,6 +91,8 @@ pub struct Ratio {
     pub value: f64,
     /// The goal from issue 6, when there is one: the ratio should be at most this.
     pub target_at_most: Option<f64>,
+    /// ... or at least this.
+    pub target_at_least: Option<f64>,
 }
 
 impl Section {
@@ -88,6 +102,7 @@ impl Section {
             status: Status::Ran,
             figures: Vec::new(),
             ratios: Vec::new(),
+            skipped: Vec::new(),
             notes: Vec::new(),
         }
     }
@@ -127,12 +142,50 @@ impl Section {
                 name: name.into(),
                 value,
                 target_at_most,
+                target_at_least: None,
             });
         }
     }
 
+    /// A ratio whose goal is a lower bound.
+    pub fn ratio_at_least(&mut self, name: impl Into<String>, value: Option<f64>, target: f64) {
+        if let Some(value) = value {
+            self.ratios.push(Ratio {
+                name: name.into(),
+                value,
+                target_at_most: None,
+                target_at_least: Some(target),
+            });
+        }
+    }
+
+    /// A figure this section cannot produce here, and why.
+    pub fn skip(&mut self, name: impl Into<String>, reason: impl Into<String>) {
+        self.skipped.push(SkippedFigure {
+            name: name.into(),
+            reason: reason.into(),
+        });
+    }
+
     pub fn note(&mut self, text: impl Into<String>) {
         self.notes.push(text.into());
+    }
+
+    /// Marks the section failed (keeping the first reason) but keeps its figures.
+    pub fn fail(&mut self, why: impl Into<String>) {
+        if !matches!(self.status, Status::Failed(_)) {
+            self.status = Status::Failed(why.into());
+        }
+    }
+}
+
+impl Report {
+    /// The sections whose measurements failed: a run with any of them is not a success.
+    pub fn failed(&self) -> Vec<&Section> {
+        self.sections
+            .iter()
+            .filter(|s| matches!(s.status, Status::Failed(_)))
+            .collect()
     }
 }
 
@@ -175,6 +228,9 @@ impl Report {
                 Status::NotYet(why) => {
                     let _ = writeln!(md, "Not measured yet: {why}\n");
                 }
+                Status::Failed(why) => {
+                    let _ = writeln!(md, "**Failed**: {why}\n");
+                }
             }
             if !s.figures.is_empty() {
                 md.push_str(
@@ -196,19 +252,25 @@ impl Report {
                 md.push('\n');
             }
             for r in &s.ratios {
-                let target = r
-                    .target_at_most
-                    .map(|t| {
-                        let verdict = if r.value <= t { "met" } else { "not met" };
-                        format!(" (target <= {}: {verdict})", number(t))
-                    })
-                    .unwrap_or_default();
+                let verdict = |met: bool| if met { "met" } else { "not met" };
+                let target = match (r.target_at_most, r.target_at_least) {
+                    (Some(t), _) => {
+                        format!(" (target <= {}: {})", number(t), verdict(r.value <= t))
+                    }
+                    (None, Some(t)) => {
+                        format!(" (target >= {}: {})", number(t), verdict(r.value >= t))
+                    }
+                    (None, None) => String::new(),
+                };
                 let _ = writeln!(md, "- {}: **{}**{target}", r.name, number(r.value));
+            }
+            for k in &s.skipped {
+                let _ = writeln!(md, "- skipped: {}: {}", k.name, k.reason);
             }
             for n in &s.notes {
                 let _ = writeln!(md, "- {n}");
             }
-            if !s.ratios.is_empty() || !s.notes.is_empty() {
+            if !s.ratios.is_empty() || !s.notes.is_empty() || !s.skipped.is_empty() {
                 md.push('\n');
             }
         }
@@ -249,6 +311,8 @@ mod tests {
         boot.ratio("veil/floor", Some(1.25), Some(1.5));
         boot.ratio("veil/qemu", Some(0.2), Some(0.1));
         boot.ratio("missing", None, None);
+        boot.ratio_at_least("digest/openssl", Some(0.5), 0.9);
+        boot.skip("random 4 KiB", "no guest mode");
         Report {
             schema: SCHEMA,
             started_at: rfc3339_utc(0),
@@ -293,7 +357,9 @@ mod tests {
                 &4.0.into()
             )
         );
-        assert_eq!(boot["ratios"].as_array().unwrap().len(), 2);
+        assert_eq!(boot["ratios"].as_array().unwrap().len(), 3);
+        assert_eq!(boot["ratios"][2]["target_at_least"], 0.9);
+        assert_eq!(boot["skipped"][0]["reason"], "no guest mode");
         assert_eq!(json["sections"][1]["status"], "not_yet");
         assert_eq!(json["sections"][1]["reason"], "no virtio-blk");
         assert_eq!(json["sections"][2]["status"], "skipped");
@@ -314,8 +380,34 @@ mod tests {
             md.contains("veil/qemu: **0.200** (target <= 0.100: not met)"),
             "{md}"
         );
+        assert!(
+            md.contains("digest/openssl: **0.500** (target >= 0.900: not met)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- skipped: random 4 KiB: no guest mode"),
+            "{md}"
+        );
         assert!(md.contains("Not measured yet: no virtio-blk"), "{md}");
         assert!(md.contains("Skipped: no vmlinux"), "{md}");
+    }
+
+    #[test]
+    fn a_failed_section_fails_the_run_and_keeps_its_figures() {
+        let mut r = report();
+        assert!(r.failed().is_empty());
+        let mut s = Section::new("devices");
+        s.figure("blk write", "MiB/s", &[1.0]);
+        s.fail("guest printed FAIL");
+        s.fail("second reason is not kept");
+        r.sections.push(s);
+        assert_eq!(r.failed().len(), 1);
+        let md = r.markdown();
+        assert!(md.contains("**Failed**: guest printed FAIL"), "{md}");
+        assert!(md.contains("| blk write | MiB/s | 1 |"), "{md}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["sections"][3]["status"], "failed");
+        assert_eq!(json["sections"][3]["reason"], "guest printed FAIL");
     }
 
     #[test]

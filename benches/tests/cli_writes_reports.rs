@@ -1,5 +1,7 @@
-//! The harness binary end to end, on the sections that need no VM: it writes one JSON and one
-//! Markdown report per run, with the machine, the versions and every section it was asked for.
+//! The harness binary end to end, on sections that need no VM: it writes one JSON and one
+//! Markdown report per run, with the machine, the versions and every section it was asked for;
+//! a section skipped for a stated reason leaves the run a success, a failed measurement does
+//! not.
 
 use std::process::Command;
 
@@ -7,7 +9,7 @@ use std::process::Command;
 fn writes_json_and_markdown_for_the_selected_sections() {
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_veil-benches"))
-        .args(["--quick", "--only", "devices,snp,kernel"])
+        .args(["--quick", "--only", "pod-start,kernel"])
         .args(["--veil", "/bin/true", "--floor", "/bin/true"])
         .args(["--vmlinux", "/nonexistent/vmlinux"])
         .arg("--out")
@@ -37,7 +39,7 @@ fn writes_json_and_markdown_for_the_selected_sections() {
         .map(|s| s["status"].as_str().unwrap())
         .collect();
     // Run in the harness's order, not the order asked for.
-    assert_eq!(statuses, ["skipped", "not_yet", "not_yet"]);
+    assert_eq!(statuses, ["skipped", "not_yet"]);
     assert!(sections[0]["reason"]
         .as_str()
         .unwrap()
@@ -48,7 +50,40 @@ fn writes_json_and_markdown_for_the_selected_sections() {
         md.contains("Skipped: no guest kernel at /nonexistent/vmlinux"),
         "{md}"
     );
-    assert_eq!(md.matches("Not measured yet:").count(), 2, "{md}");
+    assert_eq!(md.matches("Not measured yet:").count(), 1, "{md}");
+}
+
+#[test]
+fn a_failed_measurement_fails_the_run_but_still_writes_the_reports() {
+    let out = tempfile::tempdir().unwrap();
+    // `true` as veil: the device guests print nothing, so no figure can be produced.
+    let run = Command::new(env!("CARGO_BIN_EXE_veil-benches"))
+        .args(["--quick", "--only", "devices"])
+        .args(["--veil", "/bin/true", "--floor", "/bin/true"])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(!run.status.success(), "{run:?}");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("measurements failed in: Devices"), "{err}");
+    let json = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("the JSON report is written even when a measurement failed");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let devices = &json["sections"][0];
+    assert_eq!(devices["status"], "failed");
+    assert!(
+        devices["reason"]
+            .as_str()
+            .unwrap()
+            .contains("virtio-blk run"),
+        "{devices}"
+    );
+    assert_eq!(devices["figures"].as_array().unwrap().len(), 0);
 }
 
 #[test]

@@ -4,9 +4,11 @@
 pub mod boot;
 pub mod demo;
 pub mod density;
+pub mod devices;
 pub mod kernel;
 pub mod memory;
 pub mod pending;
+pub mod snp;
 
 use crate::bench::Bench;
 use crate::report::Section;
@@ -41,11 +43,11 @@ pub const ALL: &[Entry] = &[
     },
     Entry {
         name: "devices",
-        run: pending::devices,
+        run: devices::run,
     },
     Entry {
         name: "snp",
-        run: pending::snp,
+        run: snp::run,
     },
     Entry {
         name: "pod-start",
