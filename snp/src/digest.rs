@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::num::NonZeroUsize;
+use std::sync::OnceLock;
 
 use sha2::{Digest, Sha384};
 
@@ -197,11 +198,19 @@ fn check_range(page_type: PageType, gpa: u64, len: u64) -> Result<(), DigestErro
 /// SHA-384 of every 4 KiB page of `data` (whole pages only), using all cores for large inputs.
 pub fn hash_pages(data: &[u8]) -> Vec<[u8; DIGEST_SIZE]> {
     let pages = data.len() / PAGE;
-    let threads = std::thread::available_parallelism()
-        .map(NonZeroUsize::get)
-        .unwrap_or(1);
     let mut out = vec![[0u8; DIGEST_SIZE]; pages];
-    if threads < 2 || pages < PARALLEL_MIN_PAGES {
+    if pages < PARALLEL_MIN_PAGES {
+        hash_into(&data[..pages * PAGE], &mut out);
+        return out;
+    }
+    // Asking for the core count reads cgroup files: once per process, not once per range.
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    let threads = *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(NonZeroUsize::get)
+            .unwrap_or(1)
+    });
+    if threads < 2 {
         hash_into(&data[..pages * PAGE], &mut out);
         return out;
     }
