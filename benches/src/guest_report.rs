@@ -31,6 +31,14 @@ pub struct BlkBench {
     pub read_cycles: u64,
 }
 
+/// The random pass after it: `ops` 4 KiB writes at pseudo-random offsets, then reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlkRandomBench {
+    pub ops: u64,
+    pub write_cycles: u64,
+    pub read_cycles: u64,
+}
+
 /// What `vsock.bench_mib=N` reports: N MiB streamed to the host and echoed back, then 1000
 /// one-byte round trips.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +97,16 @@ pub fn parse_blk(lines: &[String]) -> Result<BlkBench, GuestReportError> {
     })
 }
 
+pub fn parse_blk_random(lines: &[String]) -> Result<BlkRandomBench, GuestReportError> {
+    check_finished(lines)?;
+    let line = find_line(lines, "bench blk4k ")?;
+    Ok(BlkRandomBench {
+        ops: field(line, "ops")?,
+        write_cycles: field(line, "write_cycles")?,
+        read_cycles: field(line, "read_cycles")?,
+    })
+}
+
 pub fn parse_vsock(lines: &[String]) -> Result<VsockBench, GuestReportError> {
     check_finished(lines)?;
     let line = find_line(lines, "bench vsock ")?;
@@ -105,6 +123,15 @@ mod tests {
 
     fn lines(text: &str) -> Vec<String> {
         text.split_inclusive('\n').map(String::from).collect()
+    }
+
+    #[test]
+    fn random_blk_line_is_parsed_and_required() {
+        let out = lines("bench blk mib=1 write_cycles=1 read_cycles=1\nbench blk4k ops=1024 write_cycles=20 read_cycles=10\ndone\n");
+        let r = parse_blk_random(&out).unwrap();
+        assert_eq!((r.ops, r.write_cycles, r.read_cycles), (1024, 20, 10));
+        let out = lines("bench blk mib=1 write_cycles=1 read_cycles=1\ndone\n");
+        assert!(parse_blk_random(&out).is_err());
     }
 
     #[test]

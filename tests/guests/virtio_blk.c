@@ -239,7 +239,45 @@ static void read_only_disk(struct blk *b) {
     }
 }
 
-/* Sequential write then read of `mib` MiB in 512 KiB requests, one in flight. */
+/* 4 KiB requests at pseudo-random 4 KiB-aligned offsets inside the first `sectors` sectors,
+ * one in flight: RANDOM_OPS writes (0x5a, like the sequential pass, so the image stays
+ * uniform), then reads of the same offsets. */
+#define RANDOM_OPS 1024
+static void bench_random(struct blk *b, u64 sectors) {
+    u64 pages = sectors / 8;
+    struct vbuf buf = {bench_buf, 4096, 0};
+    fill_bytes(bench_buf, 0x5a, 4096);
+    u64 x = 0x9e3779b97f4a7c15UL, t0 = rdtsc();
+    for (u32 i = 0; i < RANDOM_OPS; i++) {
+        x = x * 6364136223846793005UL + 1442695040888963407UL;
+        if (request(b, VIRTIO_BLK_T_OUT, ((x >> 33) % pages) * 8, &buf, 1, "bench random write") != VIRTIO_BLK_S_OK) {
+            fail("bench random write");
+            return;
+        }
+    }
+    u64 t1 = rdtsc();
+    buf.device_writes = 1;
+    x = 0x9e3779b97f4a7c15UL;
+    for (u32 i = 0; i < RANDOM_OPS; i++) {
+        x = x * 6364136223846793005UL + 1442695040888963407UL;
+        if (request(b, VIRTIO_BLK_T_IN, ((x >> 33) % pages) * 8, &buf, 1, "bench random read") != VIRTIO_BLK_S_OK) {
+            fail("bench random read");
+            return;
+        }
+    }
+    u64 t2 = rdtsc();
+    if (bench_buf[0] != 0x5a || !same_bytes(bench_buf, bench_buf + 1, 4095)) {
+        fail("bench random read back wrong data");
+        return;
+    }
+    puts("bench blk4k ops="); put_dec(RANDOM_OPS);
+    puts(" write_cycles="); put_dec(t1 - t0);
+    puts(" read_cycles="); put_dec(t2 - t1);
+    puts("\n");
+}
+
+/* Sequential write then read of `mib` MiB in 512 KiB requests, one in flight, then the
+ * random 4 KiB pass. */
 static void bench(struct blk *b, u64 mib) {
     u64 sectors = mib << 11, chunk = sizeof(bench_buf) / SECTOR;
     if (sectors > b->capacity) { fail("bench: disk smaller than blk.bench_mib"); return; }
@@ -265,6 +303,7 @@ static void bench(struct blk *b, u64 mib) {
     puts(" write_cycles="); put_dec(t1 - t0);
     puts(" read_cycles="); put_dec(t2 - t1);
     puts("\n");
+    bench_random(b, sectors);
 }
 
 void guest_main(const u8 *boot_params) {

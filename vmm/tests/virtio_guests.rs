@@ -293,7 +293,10 @@ fn blk_bench_mode_moves_the_data_intact() {
     let line = line_with(&out, "bench blk ");
     assert_eq!(field(line, "mib"), "4", "{out}");
     assert!(field(line, "write_cycles").parse::<u64>().unwrap() > 0);
-    // The guest wrote 0x5a over the whole disk.
+    let random = line_with(&out, "bench blk4k ");
+    assert_eq!(field(random, "ops"), "1024", "{out}");
+    assert!(field(random, "read_cycles").parse::<u64>().unwrap() > 0);
+    // The guest wrote 0x5a over the whole disk (the random pass writes the same byte).
     let disk = std::fs::read(&img).unwrap();
     if let Some(i) = disk.iter().position(|&b| b != 0x5a) {
         panic!("byte {i} of the disk is {:#x}", disk[i]);
