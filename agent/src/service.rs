@@ -78,6 +78,27 @@ macro_rules! handle {
     }};
 }
 
+impl Agent {
+    /// ReadStdout and ReadStderr: one rule (`ReadStreamRequest`, as Kata names it), one path.
+    async fn read_stream(
+        &self,
+        req: agent::ReadStreamRequest,
+        stderr: bool,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        let data = handle!(
+            self,
+            "ReadStreamRequest",
+            req,
+            self.containers
+                .read_output(&req.container_id, &req.exec_id, req.len, stderr)
+                .await
+        )?;
+        let mut resp = agent::ReadStreamResponse::new();
+        resp.data = data;
+        Ok(resp)
+    }
+}
+
 #[async_trait]
 impl agent_ttrpc::AgentService for Agent {
     async fn create_container(
@@ -204,17 +225,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> ttrpc::Result<agent::ReadStreamResponse> {
-        let data = handle!(
-            self,
-            "ReadStreamRequest",
-            req,
-            self.containers
-                .read_output(&req.container_id, &req.exec_id, req.len, false)
-                .await
-        )?;
-        let mut resp = agent::ReadStreamResponse::new();
-        resp.data = data;
-        Ok(resp)
+        self.read_stream(req, false).await
     }
 
     async fn read_stderr(
@@ -222,17 +233,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> ttrpc::Result<agent::ReadStreamResponse> {
-        let data = handle!(
-            self,
-            "ReadStreamRequest",
-            req,
-            self.containers
-                .read_output(&req.container_id, &req.exec_id, req.len, true)
-                .await
-        )?;
-        let mut resp = agent::ReadStreamResponse::new();
-        resp.data = data;
-        Ok(resp)
+        self.read_stream(req, true).await
     }
 
     async fn close_stdin(
