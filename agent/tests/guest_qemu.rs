@@ -193,23 +193,10 @@ async fn agent_as_init_runs_a_container_in_a_qemu_guest() {
         read_all(&client, id, id, false).await,
         "hi from veil-test as pid 1\n"
     );
-    let mut wait = agent::WaitProcessRequest::new();
-    wait.container_id = id.into();
-    wait.exec_id = id.into();
-    assert_eq!(
-        client
-            .agent
-            .wait_process(ctx(), &wait)
-            .await
-            .unwrap()
-            .status,
-        0
-    );
+    assert_eq!(wait_status(&client, id, id).await, 0);
 
     // dm-verity needs the disk exclusively: the plain mount must go first.
-    let mut remove = agent::RemoveContainerRequest::new();
-    remove.container_id = id.into();
-    client.agent.remove_container(ctx(), &remove).await.unwrap();
+    remove_container(&client, id).await;
 
     if let Some(root_hash) = root_hash {
         // The guest kernel has device-mapper: the layer is mounted through dm-verity.
@@ -230,9 +217,7 @@ async fn agent_as_init_runs_a_container_in_a_qemu_guest() {
         client.agent.start_container(ctx(), &start).await.unwrap();
         let mounts = read_all(&client, id, id, false).await;
         assert!(mounts.starts_with("overlay / overlay"), "{mounts}");
-        let mut remove = agent::RemoveContainerRequest::new();
-        remove.container_id = id.into();
-        client.agent.remove_container(ctx(), &remove).await.unwrap();
+        remove_container(&client, id).await;
 
         let wrong = format!(
             "{}{}",

@@ -146,8 +146,6 @@ async fn duplicate_ids_and_huge_stdin_writes_are_refused() {
     assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
 
     // The never-started container is removed cleanly.
-    let mut remove = agent::RemoveContainerRequest::new();
-    remove.container_id = id.into();
-    client.agent.remove_container(ctx(), &remove).await.unwrap();
+    remove_container(&client, id).await;
     assert_nothing_left(&agent, id);
 }

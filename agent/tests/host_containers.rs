@@ -143,9 +143,7 @@ async fn busybox_container_lifecycle_leaves_nothing_behind() {
     assert_eq!(status.status, 0);
     assert_eq!(read_all(&client, id, id, true).await, "oops\n");
 
-    let mut remove = agent::RemoveContainerRequest::new();
-    remove.container_id = id.into();
-    client.agent.remove_container(ctx(), &remove).await.unwrap();
+    remove_container(&client, id).await;
 
     assert_eq!(mounts_under(&agent.state_dir), Vec::<String>::new());
     assert!(!cgroup_dir(id).exists(), "cgroup left behind");
@@ -173,9 +171,7 @@ async fn remove_kills_a_running_container() {
     let pid: i32 = procs.lines().next().unwrap().parse().unwrap();
     assert!(pid_alive(pid));
 
-    let mut remove = agent::RemoveContainerRequest::new();
-    remove.container_id = id.into();
-    client.agent.remove_container(ctx(), &remove).await.unwrap();
+    remove_container(&client, id).await;
     assert!(
         !pid_alive(pid),
         "container process survived RemoveContainer"
@@ -184,6 +180,8 @@ async fn remove_kills_a_running_container() {
     assert!(!cgroup_dir(id).exists());
 
     // Gone means gone: a second remove names the unknown id.
+    let mut remove = agent::RemoveContainerRequest::new();
+    remove.container_id = id.into();
     let (code, msg) = status_of(client.agent.remove_container(ctx(), &remove).await);
     assert_eq!(code, ttrpc::Code::NOT_FOUND);
     assert!(msg.contains(id), "{msg}");
@@ -221,22 +219,9 @@ async fn a_terminal_process_gets_a_pty_that_can_be_resized() {
     let out = read_until(&client, id, id, "SIZE=33 101").await;
     // The terminal echoes the typed line too; the answer is a line of its own (CR LF).
     assert!(out.contains("\nIS-A-TTY\r\n"), "{out:?}");
-    let mut wait = agent::WaitProcessRequest::new();
-    wait.container_id = id.into();
-    wait.exec_id = id.into();
-    assert_eq!(
-        client
-            .agent
-            .wait_process(ctx(), &wait)
-            .await
-            .unwrap()
-            .status,
-        5
-    );
+    assert_eq!(wait_status(&client, id, id).await, 5);
 
-    let mut remove = agent::RemoveContainerRequest::new();
-    remove.container_id = id.into();
-    client.agent.remove_container(ctx(), &remove).await.unwrap();
+    remove_container(&client, id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,9 +258,7 @@ async fn cgroup_limits_are_applied_or_refused_never_dropped() {
             .await
             .unwrap();
         assert_eq!(stats.cgroup_stats.pids_stats.limit, 42);
-        let mut remove = agent::RemoveContainerRequest::new();
-        remove.container_id = id.into();
-        client.agent.remove_container(ctx(), &remove).await.unwrap();
+        remove_container(&client, id).await;
     } else {
         eprintln!("this host's cgroup v2 has no pids controller: checking the refusal");
         let (code, msg) = status_of(result);
@@ -321,9 +304,7 @@ async fn an_erofs_root_layer_works_too() {
         .await
         .unwrap();
     assert_eq!(status.status, 0);
-    let mut remove = agent::RemoveContainerRequest::new();
-    remove.container_id = id.into();
-    client.agent.remove_container(ctx(), &remove).await.unwrap();
+    remove_container(&client, id).await;
     assert!(mounts_under(&agent.state_dir).is_empty());
     assert!(!cgroup_dir(id).exists());
 }
@@ -384,9 +365,7 @@ async fn user_capabilities_no_new_privs_and_rlimits_are_applied() {
                     nofile=77\n\
                     cwd=/tmp\n";
     assert_eq!(out, expected);
-    let mut remove = agent::RemoveContainerRequest::new();
-    remove.container_id = id.into();
-    client.agent.remove_container(ctx(), &remove).await.unwrap();
+    remove_container(&client, id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

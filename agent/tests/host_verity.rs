@@ -61,9 +61,7 @@ async fn layers_are_mounted_only_with_the_named_root_hash() {
     start.container_id = id.into();
     client.agent.start_container(ctx(), &start).await.unwrap();
     assert_eq!(read_all(&client, id, id, false).await, "verified\n");
-    let mut remove = agent::RemoveContainerRequest::new();
-    remove.container_id = id.into();
-    client.agent.remove_container(ctx(), &remove).await.unwrap();
+    remove_container(&client, id).await;
     assert!(mounts_under(&agent.state_dir).is_empty());
     assert!(!std::path::Path::new("/dev/mapper/veil-goodhash").exists());
     assert!(agent.is_running());

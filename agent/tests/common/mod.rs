@@ -376,6 +376,26 @@ pub async fn read_until(client: &AgentClient, id: &str, exec_id: &str, want: &st
 }
 
 /// Mount points (from /proc/self/mountinfo) under `dir`.
+/// Waits for process `exec_id` of container `id` and returns its exit status.
+pub async fn wait_status(client: &AgentClient, id: &str, exec_id: &str) -> i32 {
+    let mut wait = agent::WaitProcessRequest::new();
+    wait.container_id = id.into();
+    wait.exec_id = exec_id.into();
+    client
+        .agent
+        .wait_process(ctx(), &wait)
+        .await
+        .unwrap()
+        .status
+}
+
+/// Removes container `id`, which must succeed.
+pub async fn remove_container(client: &AgentClient, id: &str) {
+    let mut remove = agent::RemoveContainerRequest::new();
+    remove.container_id = id.into();
+    client.agent.remove_container(ctx(), &remove).await.unwrap();
+}
+
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let prefix = dir.display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
