@@ -167,17 +167,22 @@ impl Vmsa {
     }
 
     /// The VMSA KVM builds from a vCPU loaded with these registers: KVM forces EFER.SVME,
-    /// ORs the host's CR4.MCE into the guest CR4 (`svm_set_cr4`; set on every SNP host), and
-    /// (with its default quirks) clears CR0.CD/NW.
+    /// ORs the host's CR4.MCE into the guest CR4 (`svm_set_cr4`; set on every SNP host),
+    /// (with its default quirks) clears CR0.CD/NW, takes CPL from SS.DPL (`svm_set_segment`),
+    /// and keeps only base and a 16-bit limit of GDTR/IDTR (KVM_SET_SREGS carries no more).
     /// [`Vmsa::qemu_reset`] already has these applied.
     pub fn as_kvm_builds(&self) -> Self {
         const EFER_SVME: u64 = 1 << 12;
         const CR4_MCE: u64 = 1 << 6;
         const CR0_CD_NW: u64 = (1 << 30) | (1 << 29);
+        let table = |t: &Segment| Segment::new(0, 0, t.limit & 0xffff, t.base);
         Self {
             efer: self.efer | EFER_SVME,
             cr4: self.cr4 | CR4_MCE,
             cr0: self.cr0 & !CR0_CD_NW,
+            cpl: ((self.ss.attrib >> 5) & 3) as u8,
+            gdtr: table(&self.gdtr),
+            idtr: table(&self.idtr),
             ..self.clone()
         }
     }
@@ -273,6 +278,18 @@ mod tests {
         assert_eq!(long_mode.efer, 0x1500);
         assert_eq!(long_mode.cr4, 0x60);
         assert_eq!(long_mode.cr0, 0x8000_0011);
+
+        // CPL follows SS.DPL; descriptor tables keep base and a 16-bit limit only.
+        let odd = Vmsa {
+            cpl: 0,
+            ss: Segment::new(0x2b, 0xc0f3, 0xffff_ffff, 0),
+            gdtr: Segment::new(0x10, 0x82, 0x1_0fff, 0x1000),
+            ..Vmsa::default()
+        }
+        .as_kvm_builds();
+        assert_eq!(odd.cpl, 3);
+        assert_eq!(odd.gdtr, Segment::new(0, 0, 0x0fff, 0x1000));
+        assert_eq!(odd.idtr, Segment::default());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! goes shared.
 
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use kvm_ioctls::VmFd;
 
@@ -83,19 +84,26 @@ impl StaleBacking {
     }
 }
 
-/// KVM plus the two backings of each region.
-pub struct KvmGuestMemory<'a> {
-    vm: &'a VmFd,
+/// KVM plus the two backings of each region. Shared by the vCPU threads, so it holds the VM
+/// by `Arc`.
+pub struct KvmGuestMemory {
+    vm: Arc<VmFd>,
     stale: StaleBacking,
 }
 
-impl<'a> KvmGuestMemory<'a> {
-    pub fn new(vm: &'a VmFd, stale: StaleBacking) -> Self {
+impl KvmGuestMemory {
+    pub fn new(vm: Arc<VmFd>, stale: StaleBacking) -> Self {
         Self { vm, stale }
+    }
+
+    /// Frees the stale side of a range without changing its attributes (after the launch,
+    /// for the pages LAUNCH_UPDATE made private).
+    pub fn discard(&self, gpa: u64, size: u64, now_private: bool) -> Result<(), i32> {
+        self.stale.discard(gpa, size, now_private)
     }
 }
 
-impl MemoryBackend for KvmGuestMemory<'_> {
+impl MemoryBackend for KvmGuestMemory {
     fn set_private(&mut self, gpa: u64, size: u64, private: bool) -> Result<(), i32> {
         let attr = kvm_bindings::kvm_memory_attributes {
             address: gpa,

@@ -38,6 +38,12 @@ const fn ioc(dir: u64, nr: u64, size: u64) -> u64 {
 }
 const IOC_WRITE: u64 = 1;
 const IOC_READ: u64 = 2;
+/// `_IOW(KVMIO, 0xe2, struct kvm_device_attr)`, issued on /dev/kvm itself for the SEV group.
+pub const KVM_GET_DEVICE_ATTR: u64 = ioc(IOC_WRITE, 0xe2, 24);
+/// `kvm_device_attr.group` of the SEV attributes on /dev/kvm (asm/kvm.h).
+pub const KVM_X86_GRP_SEV: u32 = 1;
+/// The SEV attribute reporting which SEV_FEATURES KVM_SEV_INIT2 accepts.
+pub const KVM_X86_SEV_VMSA_FEATURES: u64 = 0;
 /// `_IOWR(KVMIO, 0xba, unsigned long)`
 pub const KVM_MEMORY_ENCRYPT_OP: u64 = ioc(IOC_READ | IOC_WRITE, 0xba, 8);
 /// `_IOW(KVMIO, 0xd2, struct kvm_memory_attributes)`
@@ -279,6 +285,9 @@ mod tests {
     fn ioctl_numbers() {
         assert_eq!(KVM_MEMORY_ENCRYPT_OP, 0xc008_aeba);
         assert_eq!(KVM_SET_MEMORY_ATTRIBUTES, 0x4020_aed2);
+        // _IOW(KVMIO, 0xe2, struct kvm_device_attr), the struct being 24 bytes.
+        assert_eq!(KVM_GET_DEVICE_ATTR, 0x4018_aee2);
+        assert_eq!(size_of::<kvm_bindings::kvm_device_attr>(), 24);
         assert_eq!(KVM_CREATE_GUEST_MEMFD, 0xc040_aed4);
         assert_eq!(KVM_SET_USER_MEMORY_REGION2, 0x40a0_ae49);
         assert_eq!(
@@ -292,6 +301,11 @@ mod tests {
         assert_eq!(KVM_X86_SNP_VM, u64::from(kvm_bindings::KVM_X86_SNP_VM));
         assert_eq!(KVM_CAP_VM_TYPES, u64::from(kvm_bindings::KVM_CAP_VM_TYPES));
         assert_eq!(KVM_CAP_EXIT_HYPERCALL, kvm_bindings::KVM_CAP_EXIT_HYPERCALL);
+        assert_eq!(KVM_X86_GRP_SEV, kvm_bindings::KVM_X86_GRP_SEV);
+        assert_eq!(
+            KVM_X86_SEV_VMSA_FEATURES,
+            u64::from(kvm_bindings::KVM_X86_SEV_VMSA_FEATURES)
+        );
         assert_eq!(
             KVM_MEMORY_ATTRIBUTE_PRIVATE,
             u64::from(kvm_bindings::KVM_MEMORY_ATTRIBUTE_PRIVATE)
