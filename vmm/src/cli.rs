@@ -314,11 +314,16 @@ fn run(args: RunArgs, start: Instant) -> Result<Option<VmOutcome>, CliError> {
 
 fn boot(config: VmConfig, start: Instant, metrics: Option<PathBuf>) -> Result<VmOutcome, CliError> {
     let vm = Vm::with_start(config, start)?;
-    if let Some(launch) = vm.snp_model_launch() {
-        eprintln!(
+    match vm.snp_launch() {
+        Some(launch) if launch.firmware == SnpFirmware::Model => eprintln!(
             "veil: SNP launch digest (INSECURE model firmware): {} ({} measured bytes, vCPU signature {:#x})",
             launch.digest, launch.measured_bytes, launch.vcpu_signature
-        );
+        ),
+        Some(launch) => eprintln!(
+            "veil: SEV-SNP launch through KVM finished; expected launch digest {} ({} measured bytes, vCPU signature {:#x}): compare it with the MEASUREMENT of the guest's attestation report",
+            launch.digest, launch.measured_bytes, launch.vcpu_signature
+        ),
+        None => {}
     }
     stop_on_signals(vm.stop_handle());
     let outcome = vm.run()?;

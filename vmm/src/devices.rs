@@ -53,10 +53,7 @@ impl DiskHandle {
     /// hotplug) and raises a configuration-change interrupt so the guest re-reads the
     /// capacity. A failed swap keeps the old file.
     pub fn swap(&self, path: &Path) -> Result<(), BlockError> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .swap_disk(path)
+        lock(&self.0).swap_disk(path)
     }
 }
 
@@ -70,7 +67,9 @@ pub struct Attached {
     pub cmdline_args: Vec<String>,
 }
 
-/// Attaches the boot timer (when asked for), the disks, then vsock.
+/// Attaches the boot timer (when asked for), the disks, then vsock. For a `confidential`
+/// (SEV-SNP) guest the virtio devices offer VIRTIO_F_ACCESS_PLATFORM, without which such a
+/// guest refuses them.
 pub fn attach(
     vm_fd: &VmFd,
     mem: &GuestMemory,
@@ -78,6 +77,7 @@ pub fn attach(
     disks: Vec<BlockConfig>,
     vsock: Option<VsockConfig>,
     boot_timer: Option<Instant>,
+    confidential: bool,
 ) -> Result<Attached, DeviceError> {
     let count = disks.len() + usize::from(vsock.is_some());
     if count > MAX_VIRTIO_DEVICES {
@@ -94,11 +94,14 @@ pub fn attach(
         let disk = Block::new(config).map_err(|source| DeviceError::Disk { index, source })?;
         let (base, irq) = slots.next().expect("endless");
         let transport = wire(vm_fd, mem, mmio, disk, base, irq, &mut attached)?;
+        if confidential {
+            lock(&transport).offer_access_platform();
+        }
         attached.disks.push(DiskHandle(transport));
     }
     if let Some(config) = vsock {
         let (base, irq) = slots.next().expect("endless");
-        wire(
+        let transport = wire(
             vm_fd,
             mem,
             mmio,
@@ -107,6 +110,9 @@ pub fn attach(
             irq,
             &mut attached,
         )?;
+        if confidential {
+            lock(&transport).offer_access_platform();
+        }
     }
     Ok(attached)
 }
@@ -140,4 +146,8 @@ fn wire<D: VirtioDevice + Send + 'static>(
     attached.subscribers.push(att.subscriber());
     attached.cmdline_args.push(att.cmdline_arg.clone());
     Ok(att.transport)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

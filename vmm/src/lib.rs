@@ -18,6 +18,7 @@ pub mod console;
 pub mod demo;
 pub mod devices;
 mod event_loop;
+pub mod memory;
 pub mod snp_launch;
 pub mod vcpu;
 pub mod vm;

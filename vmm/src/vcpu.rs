@@ -10,6 +10,8 @@ use veil_devices::bus::Bus;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
+use crate::snp_launch::kvm::PageConverter;
+
 /// How a VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
@@ -142,6 +144,8 @@ pub struct VcpuShared {
     pub pio: Bus,
     pub mmio: Bus,
     pub exit: ExitLatch,
+    /// Private <-> shared page conversion, for an SEV-SNP guest.
+    pub page_converter: Option<PageConverter>,
     pub stopping: AtomicBool,
     pub first_run: OnceLock<Instant>,
 }
@@ -164,6 +168,29 @@ pub struct Vcpu {
     pub id: u32,
     pub fd: VcpuFd,
     pub shared: Arc<VcpuShared>,
+}
+
+/// A KVM_EXIT_SYSTEM_EVENT: shutdown and reset end the VM cleanly; a crash report or an SEV
+/// guest's termination request (GHCB MSR protocol: reason set in bits 15:12, reason code in
+/// bits 23:16 of the value KVM passes in `data[0]`) is a guest failure.
+fn system_event(vcpu: u32, kind: u32, data: &[u64]) -> Step {
+    let reason = match kind {
+        kvm_bindings::KVM_SYSTEM_EVENT_CRASH => "the guest reported a crash".to_string(),
+        kvm_bindings::KVM_SYSTEM_EVENT_SEV_TERM => {
+            let ghcb = data.first().copied().unwrap_or(0);
+            format!(
+                "the SEV guest asked to be terminated (GHCB reason set {}, code {:#x})",
+                (ghcb >> 12) & 0xf,
+                (ghcb >> 16) & 0xff
+            )
+        }
+        _ => return Step::Exit(VmExit::GuestSystemEvent { kind }),
+    };
+    Step::Exit(VmExit::VcpuFault {
+        vcpu,
+        reason,
+        regs: None,
+    })
 }
 
 /// What one KVM_RUN ended with, detached from the borrowed kvm_run area.
@@ -229,7 +256,26 @@ impl Vcpu {
                 vcpu: id,
                 regs: RegisterDump::default(),
             }),
-            Ok(VcpuExit::SystemEvent(kind, _)) => Step::Exit(VmExit::GuestSystemEvent { kind }),
+            Ok(VcpuExit::SystemEvent(kind, data)) => system_event(id, kind, data),
+            Ok(VcpuExit::Hypercall(call)) => match &shared.page_converter {
+                Some(pages) => match pages.hypercall(call.nr, call.args) {
+                    Ok(ret) => {
+                        *call.ret = ret;
+                        Step::Continue
+                    }
+                    Err(e) => fault(e.to_string()),
+                },
+                None => fault(format!("unexpected hypercall {} exit", call.nr)),
+            },
+            Ok(VcpuExit::MemoryFault { flags, gpa, size }) => match &shared.page_converter {
+                Some(pages) => match pages.memory_fault(gpa, size, flags) {
+                    Ok(()) => Step::Continue,
+                    Err(e) => fault(e.to_string()),
+                },
+                None => fault(format!(
+                    "memory fault at GPA {gpa:#x}+{size:#x} in a VM without private memory"
+                )),
+            },
             Ok(VcpuExit::FailEntry(reason, cpu)) => fault(format!(
                 "KVM could not enter the guest (hardware reason {reason:#x} on CPU {cpu})"
             )),
@@ -277,5 +323,46 @@ impl Vcpu {
             }
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit_of(step: Step) -> VmExit {
+        match step {
+            Step::Exit(exit) => exit,
+            Step::Continue => panic!("a system event must end the VM"),
+        }
+    }
+
+    #[test]
+    fn shutdown_and_reset_events_are_clean_and_crashes_are_not() {
+        for kind in [
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN,
+            kvm_bindings::KVM_SYSTEM_EVENT_RESET,
+        ] {
+            assert!(exit_of(system_event(0, kind, &[])).is_clean());
+        }
+        let crash = exit_of(system_event(1, kvm_bindings::KVM_SYSTEM_EVENT_CRASH, &[]));
+        assert!(!crash.is_clean());
+        assert!(crash
+            .to_string()
+            .contains("vCPU 1: the guest reported a crash"));
+    }
+
+    /// Linux's SNP code terminates with reason set 1 (the Linux set) and e.g. code 3 when the
+    /// hypervisor lacks a feature: GHCB MSR value 0x0003_1100 (request 0x100, set 1, code 3).
+    #[test]
+    fn sev_termination_names_the_guest_reason() {
+        let exit = exit_of(system_event(
+            0,
+            kvm_bindings::KVM_SYSTEM_EVENT_SEV_TERM,
+            &[0x0003_1100],
+        ));
+        assert!(!exit.is_clean());
+        let msg = exit.to_string();
+        assert!(msg.contains("GHCB reason set 1, code 0x3"), "{msg}");
     }
 }

@@ -1,23 +1,20 @@
 //! A VM's lifecycle: build everything from a [`VmConfig`], run until the guest or the
 //! embedding program ends it, and tear everything down.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use veil_devices::bus::Bus;
 use veil_devices::i8042::{self, ResetController};
 use veil_devices::serial::{self, SerialConsole};
 use veil_devices::EventFdTrigger;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
@@ -25,14 +22,20 @@ use crate::config::{ConfigError, Console, KernelSource, VmConfig};
 use crate::console::{self, ConsoleError};
 use crate::devices::{self, Attached, DeviceError, DiskHandle};
 use crate::event_loop::{Control, StdinForwarder, Wake};
-use crate::snp_launch::{self, GuestFacts, ModelLaunch, SnpConfig, SnpFirmware, SnpLaunchError};
+use crate::memory::{GuestRam, MemoryError, RamBacking};
+use crate::snp_launch::kvm::{PageConverter, SnpKvm};
+use crate::snp_launch::{
+    self, model, vcpu_state, GuestFacts, LaunchInputs, SnpConfig, SnpFirmware, SnpLaunch,
+    SnpLaunchError,
+};
 use crate::vcpu::{self, ExitLatch, Vcpu, VcpuShared, VmExit};
 use crate::x86_64::boot::{self, BootError};
 use crate::x86_64::cpuid::vcpu_cpuid;
-use crate::x86_64::layout::{ram_regions, KVM_IDENTITY_MAP_START, KVM_TSS_START};
+use crate::x86_64::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
 use crate::x86_64::mptable::{self, MptableError};
 use crate::x86_64::regs::EntryMode;
 use crate::x86_64::regs::{self, RegsError};
+use veil_snp::igvm::LaunchPlan;
 use veil_snp::vmsa::Vmsa;
 
 /// Errors while building or running a VM.
@@ -56,8 +59,8 @@ pub enum VmError {
         action: &'static str,
         source: kvm_ioctls::Error,
     },
-    #[error("cannot allocate {mib} MiB of guest memory: {reason}")]
-    GuestMemory { mib: u64, reason: String },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
     #[error(transparent)]
     Boot(#[from] BootError),
     #[error(transparent)]
@@ -120,11 +123,12 @@ impl StopHandle {
 
 /// A VM ready to run.
 pub struct Vm {
-    // Field order is drop order: vCPUs before the VM fd, the VM fd before its memory.
+    // Field order is drop order: vCPUs before the VM fd, the VM fd and the vCPUs' shared
+    // state (which converts pages of `ram`) before the memory.
     vcpus: Vec<VcpuFd>,
-    vm_fd: VmFd,
-    memory: GuestMemoryMmap,
     shared: Arc<VcpuShared>,
+    vm_fd: Arc<VmFd>,
+    ram: GuestRam,
     serial: Arc<Mutex<SerialConsole>>,
     forward_stdin: bool,
     reset: EventFdTrigger,
@@ -134,7 +138,7 @@ pub struct Vm {
     first_console_byte: Arc<OnceLock<Instant>>,
     devices: Attached,
     cmdline: String,
-    snp_launch: Option<ModelLaunch>,
+    snp_launch: Option<SnpLaunch>,
 }
 
 impl Vm {
@@ -148,14 +152,7 @@ impl Vm {
         config.validate()?;
         // An SNP launch is refused before anything is created when the host cannot do it.
         let snp = match &config.kernel {
-            KernelSource::Igvm(path) => {
-                let snp = config.snp.clone().unwrap_or_else(SnpConfig::kvm_default);
-                if snp.firmware == SnpFirmware::Kvm {
-                    snp_launch::check_kvm_host()?;
-                    return Err(SnpLaunchError::KvmLaunchMissing.into());
-                }
-                Some((snp_launch::load_plan(path)?, snp))
-            }
+            KernelSource::Igvm(path) => Some(SnpBoot::prepare(path, config.snp.clone())?),
             _ => None,
         };
         let kvm = open_kvm(&config.kvm_device)?;
@@ -166,11 +163,22 @@ impl Vm {
                 max,
             });
         }
-        let vm_fd = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        let sev = snp.as_ref().and_then(|boot| boot.sev.as_ref());
+        let vm_fd = Arc::new(match (&snp, sev) {
+            (Some(boot), Some(sev)) => sev.create_vm(&kvm, &boot.plan)?,
+            _ => kvm.create_vm().map_err(kvm_err("create a VM"))?,
+        });
+        let confidential = sev.is_some();
         let mem_bytes = config.mem_bytes();
         // Memory before the interrupt controllers: on the hosts measured, each of these waits
         // for a KVM SRCU grace period, and this order waits least (benches/README.md).
-        let memory = create_memory(&vm_fd, config.mem_mib)?;
+        let backing = if confidential {
+            RamBacking::SharedAndPrivate
+        } else {
+            RamBacking::Shared
+        };
+        let ram = GuestRam::create(&vm_fd, config.mem_mib, backing)?;
+        let memory = ram.mmap();
         setup_vm(&vm_fd)?;
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -182,37 +190,54 @@ impl Vm {
         let mut mmio = Bus::new();
         let devices = devices::attach(
             &vm_fd,
-            &memory,
+            memory,
             &mut mmio,
             std::mem::take(&mut config.disks),
             config.vsock.take(),
             config.boot_timer.then_some(start),
+            confidential,
         )?;
         let cmdline = config.full_cmdline(&devices.cmdline_args)?;
-        let (entry, snp_launch) = match snp {
+        let facts = GuestFacts {
+            mem_bytes,
+            vcpus: config.vcpus,
+            cmdline: &cmdline,
+            cpuid: &cpuids[0],
+        };
+        let (entry, mut snp_launch) = match &snp {
             None => {
-                let kernel = boot::load_kernel(&memory, &config.kernel, mem_bytes)?;
+                let kernel = boot::load_kernel(memory, &config.kernel, mem_bytes)?;
                 let initrd = match &config.initrd {
-                    Some(path) => Some(boot::load_initrd(&memory, path, &kernel, mem_bytes)?),
+                    Some(path) => Some(boot::load_initrd(memory, path, &kernel, mem_bytes)?),
                     None => None,
                 };
-                boot::write_boot_params(&memory, &kernel, &cmdline, initrd, mem_bytes)?;
-                regs::write_boot_tables(&memory)?;
-                mptable::write_mptable(&memory, config.vcpus)?;
+                boot::write_boot_params(memory, &kernel, &cmdline, initrd, mem_bytes)?;
+                regs::write_boot_tables(memory)?;
+                mptable::write_mptable(memory, config.vcpus)?;
                 (BootEntry::Linux(kernel.entry), None)
             }
-            Some((plan, snp)) => {
-                let facts = GuestFacts {
-                    mem_bytes,
-                    vcpus: config.vcpus,
-                    cmdline: &cmdline,
-                    cpuid: &cpuids[0],
-                };
-                let launch = snp_launch::launch_with_model(&memory, &plan, &snp, &facts)?;
-                (BootEntry::Vmsa(Box::new(plan.bsp)), Some(launch))
+            Some(boot) if boot.sev.is_none() => {
+                let launch = model::launch_with_model(memory, &boot.plan, &boot.config, &facts)?;
+                let phys_bits = snp_launch::phys_address_bits(&cpuids[0]);
+                let bsp = model::unencrypted_bsp(&boot.plan.bsp, phys_bits);
+                (BootEntry::Vmsa(Box::new(bsp)), Some(launch))
+            }
+            Some(boot) => {
+                let inputs = LaunchInputs::new(&boot.plan, &boot.config, &facts)?;
+                for (id, vmsa) in inputs.vmsas.iter().enumerate() {
+                    vcpu_state::check_launchable(id as u32, vmsa).map_err(SnpLaunchError::from)?;
+                }
+                (BootEntry::Snp(inputs), None)
             }
         };
         let vcpus = create_vcpus(&vm_fd, &cpuids, &entry)?;
+        let mut page_converter = None;
+        if let (Some(boot), Some(sev), BootEntry::Snp(inputs)) = (&snp, sev, &entry) {
+            snp_launch = Some(sev.launch(&vm_fd, &ram, &boot.plan, inputs, &facts)?);
+            // SAFETY: the converter lives in `shared`, which the Vm drops before `ram` (field
+            // order), and the vCPU threads holding clones of `shared` are joined in `run`.
+            page_converter = Some(unsafe { PageConverter::new(vm_fd.clone(), &ram, mem_bytes) });
+        }
 
         let first_console_byte = Arc::new(OnceLock::new());
         let forward_stdin = matches!(config.console, Console::Stdout);
@@ -234,13 +259,14 @@ impl Vm {
             pio,
             mmio,
             exit: ExitLatch::new()?,
+            page_converter,
             stopping: AtomicBool::new(false),
             first_run: OnceLock::new(),
         });
         Ok(Self {
             vcpus,
             vm_fd,
-            memory,
+            ram,
             shared,
             serial,
             forward_stdin,
@@ -262,7 +288,7 @@ impl Vm {
 
     /// Guest memory, for embedding programs that inspect or prepare it.
     pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.memory
+        self.ram.mmap()
     }
 
     /// Handles on the virtio-blk drives, in configuration order, for swapping their backing
@@ -276,8 +302,9 @@ impl Vm {
         &self.cmdline
     }
 
-    /// What the insecure model firmware measured, for an IGVM launched with it.
-    pub fn snp_model_launch(&self) -> Option<&ModelLaunch> {
+    /// How an IGVM guest was launched: the digest the insecure model measured, or for a
+    /// launch through KVM the digest Veil expects in the guest's attestation report.
+    pub fn snp_launch(&self) -> Option<&SnpLaunch> {
         self.snp_launch.as_ref()
     }
 
@@ -382,12 +409,42 @@ impl Vm {
     }
 }
 
-/// Where the boot vCPU starts.
+/// Where the vCPUs start.
 enum BootEntry {
-    /// A Linux boot protocol entry, registers set up by the VMM.
+    /// A Linux boot protocol entry, registers set up by the VMM; APs wait for INIT-SIPI.
     Linux(EntryMode),
-    /// The register state an IGVM file gives for the boot vCPU.
+    /// The boot vCPU from an IGVM file's VMSA, run unencrypted (the model backend); APs wait
+    /// for INIT-SIPI.
     Vmsa(Box<Vmsa>),
+    /// Every vCPU from the VMSA the SNP launch measures for it.
+    Snp(LaunchInputs),
+}
+
+/// An IGVM guest to launch the SEV-SNP way.
+struct SnpBoot {
+    plan: LaunchPlan,
+    config: SnpConfig,
+    /// `/dev/sev`, when the launch goes through KVM.
+    sev: Option<SnpKvm>,
+}
+
+impl SnpBoot {
+    /// Checks the host (for a KVM launch) and reads the IGVM file.
+    fn prepare(path: &Path, config: Option<SnpConfig>) -> Result<Self, VmError> {
+        let config = config.unwrap_or_else(SnpConfig::kvm_default);
+        let sev = match config.firmware {
+            SnpFirmware::Kvm => {
+                snp_launch::check_kvm_host()?;
+                Some(SnpKvm::open()?)
+            }
+            SnpFirmware::Model => None,
+        };
+        Ok(Self {
+            plan: snp_launch::load_plan(path)?,
+            config,
+            sev,
+        })
+    }
 }
 
 /// Gives the VM KVM's private pages, the in-kernel interrupt controllers and PIT.
@@ -425,21 +482,14 @@ fn create_vcpus(vm_fd: &VmFd, cpuids: &[CpuId], entry: &BootEntry) -> Result<Vec
         vcpu.set_fpu(&regs::boot_fpu())
             .map_err(kvm_err("set the vCPU's FPU state"))?;
         regs::set_lint(&vcpu)?;
-        if id == 0 {
-            match entry {
-                BootEntry::Linux(mode) => regs::setup_boot_vcpu(&vcpu, *mode)?,
-                BootEntry::Vmsa(vmsa) => {
-                    let sregs = vcpu
-                        .get_sregs()
-                        .map_err(kvm_err("report the vCPU's special registers"))?;
-                    let phys_bits = snp_launch::phys_address_bits(cpuid);
-                    let (regs, sregs) = snp_launch::bsp_registers(vmsa, sregs, phys_bits);
-                    vcpu.set_sregs(&sregs)
-                        .map_err(kvm_err("set the IGVM boot vCPU's special registers"))?;
-                    vcpu.set_regs(&regs)
-                        .map_err(kvm_err("set the IGVM boot vCPU's registers"))?;
-                }
+        match entry {
+            BootEntry::Linux(mode) if id == 0 => regs::setup_boot_vcpu(&vcpu, *mode)?,
+            BootEntry::Vmsa(vmsa) if id == 0 => {
+                vcpu_state::load_vmsa(&vcpu, 0, vmsa).map_err(SnpLaunchError::from)?
             }
+            BootEntry::Snp(inputs) => vcpu_state::load_vmsa(&vcpu, id as u32, &inputs.vmsas[id])
+                .map_err(SnpLaunchError::from)?,
+            _ => {}
         }
         vcpus.push(vcpu);
     }
@@ -468,29 +518,4 @@ fn open_kvm(path: &std::path::Path) -> Result<Kvm, VmError> {
             source,
         },
     })
-}
-
-fn create_memory(vm_fd: &VmFd, mib: u64) -> Result<GuestMemoryMmap, VmError> {
-    let ranges: Vec<(GuestAddress, usize)> = ram_regions(mib << 20)
-        .into_iter()
-        .map(|(start, len)| (GuestAddress(start), len as usize))
-        .collect();
-    let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::GuestMemory {
-        mib,
-        reason: e.to_string(),
-    })?;
-    for (slot, region) in memory.iter().enumerate() {
-        let region_desc = kvm_userspace_memory_region {
-            slot: slot as u32,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: region.as_ptr() as u64,
-            flags: 0,
-        };
-        // SAFETY: the mapping is owned by `memory`, which the Vm keeps alive (and drops after
-        // the VM fd), so the host range stays valid for as long as KVM may access it.
-        unsafe { vm_fd.set_user_memory_region(region_desc) }
-            .map_err(kvm_err("map guest memory"))?;
-    }
-    Ok(memory)
 }
