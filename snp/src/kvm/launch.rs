@@ -177,6 +177,32 @@ impl<C: SevCommands> KvmSnpFirmware<C> {
     }
 }
 
+/// Page-aligned copy of a launch source buffer (a whole number of pages).
+struct AlignedPages(Vec<AlignedPage>);
+
+#[repr(C, align(4096))]
+#[derive(Clone, Copy)]
+struct AlignedPage([u8; PAGE_SIZE as usize]);
+
+impl AlignedPages {
+    fn copy_of(data: &[u8]) -> Self {
+        let mut pages = Self(vec![
+            AlignedPage([0; PAGE_SIZE as usize]);
+            data.len() / PAGE_SIZE as usize
+        ]);
+        pages.as_mut_bytes().copy_from_slice(data);
+        pages
+    }
+
+    fn as_mut_bytes(&mut self) -> &mut [u8] {
+        let len = self.0.len() * PAGE_SIZE as usize;
+        // SAFETY: AlignedPage is exactly PAGE_SIZE plain bytes with no padding (size equals
+        // alignment), so the Vec's elements are `len` contiguous, initialized bytes that this
+        // exclusive borrow covers.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u8>(), len) }
+    }
+}
+
 /// Logs which CPUID values the firmware changed, page by page.
 fn log_cpuid_corrections(asked: &[u8], accepted: &[u8]) {
     let page = PAGE_SIZE as usize;
@@ -249,18 +275,22 @@ impl<C: SevCommands> LaunchFirmware for KvmSnpFirmware<C> {
         self.cmds
             .set_memory_attributes(&attrs)
             .map_err(|e| ioctl_error("KVM_SET_MEMORY_ATTRIBUTES", e))?;
-        let asked = (page_type == PageType::Cpuid).then(|| data.to_vec());
+        // KVM reads the source a page at a time and newer kernels pin it as whole pages, so
+        // it is staged page-aligned; what the firmware writes back (a corrected CPUID page)
+        // is copied back into `data`.
+        let mut staging = AlignedPages::copy_of(data);
         let mut update = KvmSevSnpLaunchUpdate {
             gfn_start: gpa / PAGE_SIZE,
-            uaddr: data.as_mut_ptr() as u64,
+            uaddr: staging.as_mut_bytes().as_mut_ptr() as u64,
             len,
             page_type: page_type as u8,
             ..KvmSevSnpLaunchUpdate::default()
         };
         self.update_loop(&mut update)?;
-        if let Some(asked) = asked {
-            log_cpuid_corrections(&asked, data);
+        if page_type == PageType::Cpuid {
+            log_cpuid_corrections(data, staging.as_mut_bytes());
         }
+        data.copy_from_slice(staging.as_mut_bytes());
         Ok(())
     }
 
@@ -347,6 +377,7 @@ mod tests {
                     })
                 }
                 Answer::Process(pages) => {
+                    assert_eq!(u.uaddr % PAGE_SIZE, 0, "source not page-aligned");
                     let pages = pages.min(u.len / PAGE_SIZE);
                     for _ in 0..pages {
                         // SAFETY: uaddr..uaddr+len is the live test buffer.
