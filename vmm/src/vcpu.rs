@@ -21,8 +21,12 @@ pub enum VmExit {
     GuestSystemEvent { kind: u32 },
     /// The embedding program (or a signal to the `veil` process) asked the VM to stop.
     StopRequested,
-    /// A vCPU triple-faulted: the guest crashed (or rebooted the hard way).
-    TripleFault { vcpu: u32, regs: RegisterDump },
+    /// A vCPU triple-faulted: the guest crashed (or rebooted the hard way). No registers for
+    /// an SEV-SNP guest: its state is encrypted.
+    TripleFault {
+        vcpu: u32,
+        regs: Option<RegisterDump>,
+    },
     /// A vCPU exit the VMM cannot continue from.
     VcpuFault {
         vcpu: u32,
@@ -49,9 +53,14 @@ impl fmt::Display for VmExit {
                 write!(f, "guest system event {kind} (power-off/reset)")
             }
             Self::StopRequested => write!(f, "stopped on request"),
-            Self::TripleFault { vcpu, regs } => {
-                write!(f, "vCPU {vcpu} triple-faulted (KVM_EXIT_SHUTDOWN); {regs}")
-            }
+            Self::TripleFault {
+                vcpu,
+                regs: Some(regs),
+            } => write!(f, "vCPU {vcpu} triple-faulted (KVM_EXIT_SHUTDOWN); {regs}"),
+            Self::TripleFault { vcpu, regs: None } => write!(
+                f,
+                "vCPU {vcpu} triple-faulted (KVM_EXIT_SHUTDOWN); registers unavailable"
+            ),
             Self::VcpuFault {
                 vcpu,
                 reason,
@@ -91,6 +100,8 @@ impl fmt::Display for RegisterDump {
     }
 }
 
+/// The vCPU's registers, or None where KVM cannot report them (an SEV-SNP guest's state is
+/// encrypted after its launch).
 fn dump(vcpu: &VcpuFd) -> Option<RegisterDump> {
     let regs = vcpu.get_regs().ok()?;
     let sregs = vcpu.get_sregs().ok()?;
@@ -254,7 +265,7 @@ impl Vcpu {
             }
             Ok(VcpuExit::Shutdown) => Step::Exit(VmExit::TripleFault {
                 vcpu: id,
-                regs: RegisterDump::default(),
+                regs: None,
             }),
             Ok(VcpuExit::SystemEvent(kind, data)) => system_event(id, kind, data),
             Ok(VcpuExit::Hypercall(call)) => match &shared.page_converter {
@@ -296,7 +307,7 @@ impl Vcpu {
         match step {
             Step::Exit(VmExit::TripleFault { vcpu, .. }) => Step::Exit(VmExit::TripleFault {
                 vcpu,
-                regs: dump(&self.fd).unwrap_or_default(),
+                regs: dump(&self.fd),
             }),
             Step::Exit(VmExit::VcpuFault {
                 vcpu,
