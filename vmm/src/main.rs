@@ -5,12 +5,25 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let start = Instant::now();
-    // Logging costs start-up time; set it up only when asked for.
+    // Logging costs start-up time; set it up only when asked for. `Targets` takes the usual
+    // `level` / `target=level,...` syntax without EnvFilter's regex engine, which would add
+    // hundreds of KiB of code to every VMM process.
     if let Ok(filter) = std::env::var("VEIL_LOG") {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .init();
+        match filter.parse::<tracing_subscriber::filter::Targets>() {
+            Ok(targets) => {
+                use std::io::IsTerminal;
+                use tracing_subscriber::layer::SubscriberExt;
+                use tracing_subscriber::util::SubscriberInitExt;
+                let layer = tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal());
+                tracing_subscriber::registry()
+                    .with(layer)
+                    .with(targets)
+                    .init();
+            }
+            Err(e) => eprintln!("veil: ignoring VEIL_LOG={filter:?}: {e}"),
+        }
     }
     let cli = match veil_vmm::cli::Cli::try_parse() {
         Ok(cli) => cli,

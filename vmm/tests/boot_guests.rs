@@ -130,6 +130,37 @@ fn console_can_go_to_a_file_or_nowhere() {
     assert!(out.stdout.is_empty());
 }
 
+/// VEIL_LOG takes `level` or `target=level,...`; logs go to stderr, plain when stderr is not a
+/// terminal; a filter that does not parse is named and ignored, and the VM still runs.
+#[test]
+fn veil_log_filters_logging_and_a_bad_filter_is_named() {
+    let run = |filter: &str| {
+        std::process::Command::new(common::VEIL)
+            .arg("demo")
+            .env("VEIL_LOG", filter)
+            .output()
+            .expect("spawn veil")
+    };
+    let out = run("veil_devices=info");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(" INFO veil_devices::boot_timer: guest boot done"),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\u{1b}'),
+        "escape codes in a non-terminal log: {err}"
+    );
+    assert!(!err.contains("DEBUG"), "{err}");
+
+    let out = run("veil_vmm=loud");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("ignoring VEIL_LOG=\"veil_vmm=loud\""), "{err}");
+    assert!(!err.contains(" INFO "), "{err}");
+}
+
 #[test]
 fn demo_boots_the_built_in_guest_and_reports_timings() {
     let out = veil(&["demo"]);
