@@ -15,10 +15,12 @@ const MAX_UPDATE_BYTES: usize = 16 << 20;
 /// pages of one type in one call, up to [`MAX_UPDATE_BYTES`]), and LAUNCH_FINISH with the
 /// vCPUs' state.
 ///
-/// `contents` supplies each non-NORMAL page's bytes as the VMM prepared them in guest memory
-/// (parameter areas, the CPUID page); NORMAL pages carry their data in the plan. The buffer
-/// passed to the firmware is written back through `store` after each call, so a CPUID page
-/// corrected by the firmware reaches guest memory.
+/// `contents` supplies the bytes of each page that is neither NORMAL (whose data is in the
+/// plan) nor ZERO (whose contents neither KVM nor the firmware read): parameter areas and
+/// the CPUID page as the VMM prepared them in guest memory. The buffer passed to the
+/// firmware is written back through `store` after each call, so a CPUID page corrected by the
+/// firmware (or a SECRETS page the model fills) reaches guest memory; ZERO ranges are not
+/// stored, so launching them touches no host memory.
 pub fn run_launch(
     fw: &mut dyn LaunchFirmware,
     plan: &LaunchPlan,
@@ -35,36 +37,79 @@ pub fn run_launch(
         plan.measured_bytes()
     );
     fw.launch_start(policy)?;
-    let mut batch: Option<(u64, PageType, Vec<u8>)> = None;
+    let mut batch: Option<Batch> = None;
     for page in &plan.pages {
-        let mut bytes = if page.page_type == PageType::Normal {
-            page.data.clone()
-        } else {
-            contents(page)
-        };
-        bytes.resize(PAGE_SIZE as usize, 0);
-        match &mut batch {
-            Some((gpa, kind, data))
-                if *kind == page.page_type
-                    && *gpa + data.len() as u64 == page.gpa
-                    && data.len() < MAX_UPDATE_BYTES =>
-            {
-                data.extend_from_slice(&bytes)
-            }
-            _ => {
-                if let Some((gpa, kind, mut data)) = batch.take() {
-                    fw.launch_update(gpa, kind, &mut data)?;
-                    store(gpa, &data);
-                }
-                batch = Some((page.gpa, page.page_type, bytes));
-            }
+        if let Some(b) = batch.as_mut().filter(|b| b.extends_to(page)) {
+            b.push(page, contents);
+            continue;
         }
+        if let Some(b) = batch.take() {
+            b.update(fw, store)?;
+        }
+        let mut b = Batch::new(page);
+        b.push(page, contents);
+        batch = Some(b);
     }
-    if let Some((gpa, kind, mut data)) = batch.take() {
-        fw.launch_update(gpa, kind, &mut data)?;
-        store(gpa, &data);
+    if let Some(b) = batch {
+        b.update(fw, store)?;
     }
     fw.launch_finish(vcpus, finish)
+}
+
+/// Contiguous pages of one type for one LAUNCH_UPDATE call.
+struct Batch {
+    gpa: u64,
+    kind: PageType,
+    pages: usize,
+    /// The pages' bytes; left empty for ZERO pages.
+    data: Vec<u8>,
+}
+
+impl Batch {
+    fn new(first: &PlanPage) -> Self {
+        Self {
+            gpa: first.gpa,
+            kind: first.page_type,
+            pages: 0,
+            data: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.pages * PAGE_SIZE as usize
+    }
+
+    fn extends_to(&self, page: &PlanPage) -> bool {
+        self.kind == page.page_type
+            && self.gpa + self.len() as u64 == page.gpa
+            && self.len() < MAX_UPDATE_BYTES
+    }
+
+    fn push(&mut self, page: &PlanPage, contents: &mut dyn FnMut(&PlanPage) -> Vec<u8>) {
+        self.pages += 1;
+        let mut bytes = match page.page_type {
+            PageType::Zero => return,
+            PageType::Normal => page.data.clone(),
+            _ => contents(page),
+        };
+        bytes.resize(PAGE_SIZE as usize, 0);
+        self.data.extend_from_slice(&bytes);
+    }
+
+    fn update(
+        mut self,
+        fw: &mut dyn LaunchFirmware,
+        store: &mut dyn FnMut(u64, &[u8]),
+    ) -> Result<(), FirmwareError> {
+        if self.kind == PageType::Zero {
+            // Freshly allocated zeroed memory, never written: the allocator maps it lazily.
+            let mut zeros = vec![0u8; self.len()];
+            return fw.launch_update(self.gpa, self.kind, &mut zeros);
+        }
+        fw.launch_update(self.gpa, self.kind, &mut self.data)?;
+        store(self.gpa, &self.data);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -275,22 +275,27 @@ impl<C: SevCommands> LaunchFirmware for KvmSnpFirmware<C> {
         self.cmds
             .set_memory_attributes(&attrs)
             .map_err(|e| ioctl_error("KVM_SET_MEMORY_ATTRIBUTES", e))?;
-        // KVM reads the source a page at a time and newer kernels pin it as whole pages, so
-        // it is staged page-aligned; what the firmware writes back (a corrected CPUID page)
-        // is copied back into `data`.
-        let mut staging = AlignedPages::copy_of(data);
+        // KVM reads no source for ZERO pages (uaddr is ignored: 0 here). Otherwise it reads
+        // the source a page at a time and newer kernels pin it as whole pages, so it is
+        // staged page-aligned; what the firmware writes back (a corrected CPUID page) is
+        // copied back into `data`.
+        let mut staging = (page_type != PageType::Zero).then(|| AlignedPages::copy_of(data));
         let mut update = KvmSevSnpLaunchUpdate {
             gfn_start: gpa / PAGE_SIZE,
-            uaddr: staging.as_mut_bytes().as_mut_ptr() as u64,
+            uaddr: staging
+                .as_mut()
+                .map_or(0, |s| s.as_mut_bytes().as_mut_ptr() as u64),
             len,
             page_type: page_type as u8,
             ..KvmSevSnpLaunchUpdate::default()
         };
         self.update_loop(&mut update)?;
-        if page_type == PageType::Cpuid {
-            log_cpuid_corrections(data, staging.as_mut_bytes());
+        if let Some(staging) = staging.as_mut() {
+            if page_type == PageType::Cpuid {
+                log_cpuid_corrections(data, staging.as_mut_bytes());
+            }
+            data.copy_from_slice(staging.as_mut_bytes());
         }
-        data.copy_from_slice(staging.as_mut_bytes());
         Ok(())
     }
 
@@ -377,14 +382,22 @@ mod tests {
                     })
                 }
                 Answer::Process(pages) => {
+                    let zero = u.page_type == PageType::Zero as u8;
                     assert_eq!(u.uaddr % PAGE_SIZE, 0, "source not page-aligned");
+                    assert_eq!(zero, u.uaddr == 0, "a source only for non-ZERO pages");
                     let pages = pages.min(u.len / PAGE_SIZE);
                     for _ in 0..pages {
-                        // SAFETY: uaddr..uaddr+len is the live test buffer.
-                        let first = unsafe { *(u.uaddr as *const u8) };
+                        // SAFETY: uaddr..uaddr+len is the live test buffer (none for ZERO).
+                        let first = if zero {
+                            0
+                        } else {
+                            unsafe { *(u.uaddr as *const u8) }
+                        };
                         self.processed.push((u.gfn_start, u.page_type, first));
                         u.gfn_start += 1;
-                        u.uaddr += PAGE_SIZE;
+                        if !zero {
+                            u.uaddr += PAGE_SIZE;
+                        }
                         u.len -= PAGE_SIZE;
                     }
                     Ok(())
@@ -409,6 +422,26 @@ mod tests {
         let mut fw = KvmSnpFirmware::new(fake);
         fw.launch_start(GuestPolicy::default()).unwrap();
         fw
+    }
+
+    /// ZERO pages carry no source (uaddr 0: KVM ignores it) and still go private and through
+    /// LAUNCH_UPDATE page by page, with partial progress.
+    #[test]
+    fn zero_pages_go_through_without_a_source() {
+        let fake = FakeKvm {
+            answers: [Answer::Process(2), Answer::Process(8)].into(),
+            ..FakeKvm::default()
+        };
+        let mut fw = started(fake);
+        let mut data = vec![0u8; 3 * 4096];
+        fw.launch_update(0x20_0000, PageType::Zero, &mut data)
+            .unwrap();
+        let fake = fw.commands();
+        let gfns: Vec<(u64, u8)> = fake.processed.iter().map(|p| (p.0, p.1)).collect();
+        let zero = PageType::Zero as u8;
+        assert_eq!(gfns, vec![(0x200, zero), (0x201, zero), (0x202, zero)]);
+        assert_eq!(fake.attributes.len(), 1);
+        assert_eq!(fake.attributes[0].size, 0x3000);
     }
 
     #[test]
