@@ -210,6 +210,13 @@ fn plan_follows_the_igvm_directives() {
             (ParameterUse::CommandLine, 0x1000)
         ]
     );
+    assert!(plan.takes_command_line());
+    // The same area with its command-line parameter removed: the file no longer takes one.
+    let mut without = plan.clone();
+    without.parameter_areas[0]
+        .uses
+        .retain(|&(what, _)| what != ParameterUse::CommandLine);
+    assert!(!without.takes_command_line());
     assert_eq!(plan.bsp.rip, 0x10_0000);
 }
 

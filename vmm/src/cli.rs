@@ -325,6 +325,15 @@ fn boot(config: VmConfig, start: Instant, metrics: Option<PathBuf>) -> Result<Vm
         ),
         None => {}
     }
+    if let Some(launch) = vm
+        .snp_launch()
+        .filter(|l| !l.device_args_not_passed.is_empty())
+    {
+        eprintln!(
+            "veil: note: the IGVM file takes no command line from the VMM, so the guest finds its virtio devices only if the file's own command line has: {}",
+            launch.device_args_not_passed.join(" ")
+        );
+    }
     stop_on_signals(vm.stop_handle());
     let outcome = vm.run()?;
     if !outcome.exit.is_clean() {

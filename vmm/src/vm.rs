@@ -238,6 +238,11 @@ impl Vm {
             // order), and the vCPU threads holding clones of `shared` are joined in `run`.
             page_converter = Some(unsafe { PageConverter::new(vm_fd.clone(), &ram, mem_bytes) });
         }
+        if let (Some(boot), Some(launch)) = (&snp, snp_launch.as_mut()) {
+            if !boot.plan.takes_command_line() {
+                launch.device_args_not_passed = devices.cmdline_args.clone();
+            }
+        }
 
         let first_console_byte = Arc::new(OnceLock::new());
         let forward_stdin = matches!(config.console, Console::Stdout);

@@ -281,3 +281,49 @@ fn model_launch_refuses_a_bad_policy() {
         assert_refused(&out, &["guest policy"]);
     }
 }
+
+/// An IGVM from `veil igvm build` measures its own command line, so the VMM cannot add its
+/// device arguments: veil says which ones the file's command line needs.
+#[test]
+fn device_arguments_the_igvm_cannot_take_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let igvm = build_igvm(dir.path(), veil_tests::Guest::BootInfo.path(), "guest.igvm");
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let out = veil(&[
+        "run",
+        "--igvm",
+        igvm.to_str().unwrap(),
+        "--snp-firmware",
+        "model",
+        "--mem-mib",
+        "64",
+        "--disk",
+        disk.to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    let note = err
+        .lines()
+        .find(|l| l.contains("takes no command line from the VMM"))
+        .unwrap_or_else(|| panic!("no note: {err}"));
+    assert!(
+        note.ends_with("virtio_mmio.device=4K@0xd0001000:5"),
+        "{note}"
+    );
+
+    // Without devices there is nothing to say.
+    let out = veil(&[
+        "run",
+        "--igvm",
+        igvm.to_str().unwrap(),
+        "--snp-firmware",
+        "model",
+        "--mem-mib",
+        "64",
+    ]);
+    assert!(
+        !stderr(&out).contains("takes no command line"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -423,6 +423,18 @@ fn parameter_use(
 }
 
 impl LaunchPlan {
+    /// Whether the file takes a command line from the VMM (an inserted parameter area with a
+    /// CommandLine parameter); otherwise the guest's command line is the file's own.
+    pub fn takes_command_line(&self) -> bool {
+        self.parameter_areas.iter().any(|area| {
+            area.insert_gpa.is_some()
+                && area
+                    .uses
+                    .iter()
+                    .any(|&(what, _)| what == ParameterUse::CommandLine)
+        })
+    }
+
     /// Bytes put through LAUNCH_UPDATE with their contents measured (NORMAL pages).
     pub fn measured_bytes(&self) -> u64 {
         self.pages

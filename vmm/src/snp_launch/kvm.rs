@@ -136,6 +136,7 @@ fn launch_through(
         digest: veil_snp::hex::encode(&digest),
         measured_bytes: plan.measured_bytes(),
         vcpu_signature: inputs.vcpu_signature,
+        device_args_not_passed: Vec::new(),
     })
 }
 

@@ -129,6 +129,10 @@ pub struct SnpLaunch {
     pub measured_bytes: u64,
     /// CPUID leaf 1 EAX of the vCPUs: KVM puts it in each AP's RDX (`veil measure --vcpu-sig`).
     pub vcpu_signature: u32,
+    /// Device arguments (`virtio_mmio.device=...`) the guest does not get from the VMM,
+    /// because the file takes no command line: its own, measured, command line must carry
+    /// them or the guest will not find those devices.
+    pub device_args_not_passed: Vec<String>,
 }
 
 /// The guest physical address width CPUID leaf 0x80000008 reports (36 when absent).

@@ -54,6 +54,7 @@ pub fn launch_with_model(
         digest: firmware.launch_digest().hex(),
         measured_bytes: plan.measured_bytes(),
         vcpu_signature: inputs.vcpu_signature,
+        device_args_not_passed: Vec::new(),
     })
 }
 
