@@ -26,7 +26,7 @@ pub mod x86_64;
 
 pub use config::{BlockConfig, Console, KernelSource, VmConfig, VsockConfig};
 pub use devices::DiskHandle;
-pub use snp_launch::{SnpConfig, SnpFirmware};
+pub use snp_launch::{SnpConfig, SnpFirmware, SnpLaunch};
 pub use vcpu::{RegisterDump, VmExit};
 pub use vm::{BootTimings, StopHandle, Vm, VmError, VmOutcome};
 pub use x86_64::cpu_template::CpuTemplate;
