@@ -443,3 +443,34 @@ fn id_block_from_the_file_reaches_launch_finish() {
     let err = launch(2).err().expect("digest mismatch").to_string();
     assert!(err.contains("launch digest"), "{err}");
 }
+
+/// KVM sets SNP_ACTIVE in every SNP VMSA, so a VP context without it would be measured
+/// differently from what the file says: refused by name.
+#[test]
+fn a_vp_context_without_snp_active_is_refused() {
+    let mut vmsa = bsp_vmsa(0x10_0000);
+    vmsa.sev_features = SevFeatures::new();
+    let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
+        compatibility_mask: MASK,
+        highest_vtl: 0,
+        platform_type: IgvmPlatformType::SEV_SNP,
+        platform_version: IGVM_SEV_SNP_PLATFORM_VERSION,
+        shared_gpa_boundary: 0,
+    });
+    let policy = IgvmInitializationHeader::GuestPolicy {
+        policy: 0x30000,
+        compatibility_mask: MASK,
+    };
+    let directives = vec![IgvmDirectiveHeader::SnpVpContext {
+        gpa: 0xffff_f000,
+        compatibility_mask: MASK,
+        vp_index: 0,
+        vmsa,
+    }];
+    let file = IgvmFile::new(IgvmRevision::V1, vec![platform], vec![policy], directives).unwrap();
+    let mut bytes = Vec::new();
+    file.serialize(&mut bytes).unwrap();
+    let err = load_igvm(&bytes).unwrap_err();
+    assert!(matches!(err, IgvmError::NotSnpVmsa(0)), "{err}");
+    assert!(err.to_string().contains("SNP_ACTIVE"), "{err}");
+}

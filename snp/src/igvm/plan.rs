@@ -53,6 +53,10 @@ pub enum IgvmError {
     ApContext(u16),
     #[error("IGVM file has no VP context for VP 0")]
     NoBspContext,
+    #[error(
+        "the VP 0 context's SEV_FEATURES {0:#x} lacks SNP_ACTIVE (bit 0): not an SEV-SNP VMSA"
+    )]
+    NotSnpVmsa(u64),
     #[error("measuring the plan: {0}")]
     Digest(#[from] DigestError),
 }
@@ -331,7 +335,13 @@ pub fn load_igvm(bytes: &[u8]) -> Result<LaunchPlan, IgvmError> {
                 if *vp_index != 0 {
                     return Err(IgvmError::ApContext(*vp_index));
                 }
-                bsp = Some(vmsa_from_igvm(vmsa));
+                let vmsa = vmsa_from_igvm(vmsa);
+                // KVM sets SNP_ACTIVE in every SNP VMSA; a file without it would be measured
+                // differently from what it asks for.
+                if vmsa.sev_features & 1 == 0 {
+                    return Err(IgvmError::NotSnpVmsa(vmsa.sev_features));
+                }
+                bsp = Some(vmsa);
             }
             IgvmDirectiveHeader::SnpIdBlock {
                 author_key_enabled,
