@@ -148,3 +148,49 @@ fn disks_swap_their_backing_file_while_the_vm_runs() {
         .to_string();
     assert!(err.contains("layer.missing"), "{err}");
 }
+
+/// An embedding program launching an IGVM guest the SNP way with the insecure model: the
+/// digest `Vm` reports is the one `veil_snp` computes for the same file and vCPU count. The
+/// image's page tables carry the C-bit, so run unencrypted the guest then faults, and the
+/// VMM reports that without leaving threads behind.
+#[test]
+fn snp_model_launch_through_the_library_reports_the_expected_digest() {
+    use veil_snp::igvm::{build_igvm, load_igvm, BuildInput};
+    use veil_vmm::{SnpConfig, SnpFirmware};
+
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let kernel = std::fs::read(Guest::BootInfo.path()).unwrap();
+    let built = build_igvm(&BuildInput {
+        kernel: &kernel,
+        initrd: None,
+        cmdline: "console=ttyS0",
+        mem_mib: 64,
+        policy: 0x30000,
+        c_bit: 51,
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let igvm = dir.path().join("guest.igvm");
+    std::fs::write(&igvm, &built.bytes).unwrap();
+
+    let before = threads_of_this_process();
+    let mut config = VmConfig::new(KernelSource::Igvm(igvm));
+    config.mem_mib = 64;
+    config.vcpus = 2;
+    config.console = Console::Off;
+    config.snp = Some(SnpConfig {
+        firmware: SnpFirmware::Model,
+        ..SnpConfig::kvm_default()
+    });
+    let vm = Vm::new(config).unwrap();
+    let launch = vm.snp_launch().expect("an SNP launch").clone();
+    let plan = load_igvm(&built.bytes).unwrap();
+    let expected = plan.launch_digest(2, launch.vcpu_signature).unwrap();
+    assert_eq!(launch.digest, veil_snp::hex::encode(&expected));
+    assert_eq!(launch.firmware, SnpFirmware::Model);
+    assert_eq!(launch.measured_bytes, plan.measured_bytes());
+
+    let outcome = vm.run().unwrap();
+    assert!(!outcome.exit.is_clean(), "{}", outcome.exit);
+    assert_eq!(threads_of_this_process(), before);
+}
