@@ -136,7 +136,8 @@ pub fn boot_sregs(mut sregs: kvm_sregs, mode: EntryMode) -> kvm_sregs {
     sregs
 }
 
-/// x87 and SSE control state as after FNINIT and a reset MXCSR.
+/// x87 control state as after FNINIT. KVM_SET_FPU does not load MXCSR (KVM keeps its reset
+/// value, 0x1f80, which is what the boot protocols expect); the field is set for readers only.
 pub fn boot_fpu() -> kvm_fpu {
     kvm_fpu {
         fcw: 0x37f,
