@@ -204,32 +204,7 @@ impl Vm {
             cmdline: &cmdline,
             cpuid: &cpuids[0],
         };
-        let (entry, mut snp_launch) = match &snp {
-            None => {
-                let kernel = boot::load_kernel(memory, &config.kernel, mem_bytes)?;
-                let initrd = match &config.initrd {
-                    Some(path) => Some(boot::load_initrd(memory, path, &kernel, mem_bytes)?),
-                    None => None,
-                };
-                boot::write_boot_params(memory, &kernel, &cmdline, initrd, mem_bytes)?;
-                regs::write_boot_tables(memory)?;
-                mptable::write_mptable(memory, config.vcpus)?;
-                (BootEntry::Linux(kernel.entry), None)
-            }
-            Some(boot) if boot.sev.is_none() => {
-                let launch = model::launch_with_model(memory, &boot.plan, &boot.config, &facts)?;
-                let phys_bits = snp_launch::phys_address_bits(&cpuids[0]);
-                let bsp = model::unencrypted_bsp(&boot.plan.bsp, phys_bits);
-                (BootEntry::Vmsa(Box::new(bsp)), Some(launch))
-            }
-            Some(boot) => {
-                let inputs = LaunchInputs::new(&boot.plan, &boot.config, &facts)?;
-                for (id, vmsa) in inputs.vmsas.iter().enumerate() {
-                    vcpu_state::check_launchable(id as u32, vmsa).map_err(SnpLaunchError::from)?;
-                }
-                (BootEntry::Snp(inputs), None)
-            }
-        };
+        let (entry, mut snp_launch) = load_guest(&config, memory, snp.as_ref(), &facts)?;
         let vcpus = create_vcpus(&vm_fd, &cpuids, &entry)?;
         let mut page_converter = None;
         if let (Some(boot), Some(sev), BootEntry::Snp(inputs)) = (&snp, sev, &entry) {
@@ -450,6 +425,43 @@ impl SnpBoot {
             sev,
         })
     }
+}
+
+/// Puts the guest in memory: a Linux kernel with its boot structures, or an IGVM file
+/// launched the SNP way. For a launch through KVM only the inputs are prepared here; the
+/// launch itself needs the vCPUs.
+fn load_guest(
+    config: &VmConfig,
+    memory: &GuestMemoryMmap,
+    snp: Option<&SnpBoot>,
+    facts: &GuestFacts,
+) -> Result<(BootEntry, Option<SnpLaunch>), VmError> {
+    Ok(match snp {
+        None => {
+            let kernel = boot::load_kernel(memory, &config.kernel, facts.mem_bytes)?;
+            let initrd = match &config.initrd {
+                Some(path) => Some(boot::load_initrd(memory, path, &kernel, facts.mem_bytes)?),
+                None => None,
+            };
+            boot::write_boot_params(memory, &kernel, facts.cmdline, initrd, facts.mem_bytes)?;
+            regs::write_boot_tables(memory)?;
+            mptable::write_mptable(memory, facts.vcpus)?;
+            (BootEntry::Linux(kernel.entry), None)
+        }
+        Some(boot) if boot.sev.is_none() => {
+            let launch = model::launch_with_model(memory, &boot.plan, &boot.config, facts)?;
+            let phys_bits = snp_launch::phys_address_bits(facts.cpuid);
+            let bsp = model::unencrypted_bsp(&boot.plan.bsp, phys_bits);
+            (BootEntry::Vmsa(Box::new(bsp)), Some(launch))
+        }
+        Some(boot) => {
+            let inputs = LaunchInputs::new(&boot.plan, &boot.config, facts)?;
+            for (id, vmsa) in inputs.vmsas.iter().enumerate() {
+                vcpu_state::check_launchable(id as u32, vmsa).map_err(SnpLaunchError::from)?;
+            }
+            (BootEntry::Snp(inputs), None)
+        }
+    })
 }
 
 /// Gives the VM KVM's private pages, the in-kernel interrupt controllers and PIT.
