@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{DEFAULT_CMDLINE, DEFAULT_KVM_DEVICE, DEFAULT_MEM_MIB};
-use crate::snp_launch::DEFAULT_POLICY;
 use crate::{
     demo, BlockConfig, Console, CpuTemplate, KernelSource, Vm, VmConfig, VmError, VmExit,
     VmOutcome, VsockConfig,
@@ -99,7 +98,8 @@ pub struct RunArgs {
     /// the guest then runs as a normal, unencrypted VM.
     #[arg(long, value_enum, default_value = "kvm")]
     pub snp_firmware: FirmwareArg,
-    /// SNP guest policy, hexadecimal (bit 17 must be set; DEBUG is refused).
+    /// SNP guest policy, hexadecimal (bit 17 must be set; DEBUG is refused); by default the
+    /// IGVM file's own.
     #[arg(long, value_name = "HEX", value_parser = parse_policy)]
     pub policy: Option<u64>,
     /// HOST_DATA for LAUNCH_FINISH, 64 hex characters (the SHA-256 of the pod's policy).
@@ -292,7 +292,7 @@ fn run(args: RunArgs, start: Instant) -> Result<Option<VmOutcome>, CliError> {
             FirmwareArg::Kvm => SnpFirmware::Kvm,
             FirmwareArg::Model => SnpFirmware::Model,
         },
-        policy: args.policy.unwrap_or(DEFAULT_POLICY),
+        policy: args.policy,
         host_data: args.host_data.unwrap_or_default(),
         model_report: args.model_report,
     });

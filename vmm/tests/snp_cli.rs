@@ -327,3 +327,57 @@ fn device_arguments_the_igvm_cannot_take_are_named() {
         stderr(&out)
     );
 }
+
+/// Without --policy the launch takes the IGVM file's own policy (which an ID block in the file
+/// would sign); with it, the given one. The model's report says which was used.
+#[test]
+fn the_launch_policy_defaults_to_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let igvm = dir.path().join("single-socket.igvm");
+    let out = veil(&[
+        "igvm",
+        "build",
+        "--kernel",
+        veil_tests::Guest::BootInfo.path().to_str().unwrap(),
+        "--mem-mib",
+        "64",
+        "--policy",
+        "130000",
+        "-o",
+        igvm.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = dir.path().join("report.bin");
+    let key = dir.path().join("report.bin.pub.pem");
+    let verify_policy = |policy: &str| {
+        veil(&[
+            "report",
+            "verify",
+            "--report",
+            report.to_str().unwrap(),
+            "--public-key",
+            key.to_str().unwrap(),
+            "--policy",
+            policy,
+        ])
+    };
+
+    model_launch(&igvm, "1", &["--model-report", report.to_str().unwrap()]);
+    let ok = verify_policy("130000");
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+
+    model_launch(
+        &igvm,
+        "1",
+        &[
+            "--policy",
+            "30000",
+            "--model-report",
+            report.to_str().unwrap(),
+        ],
+    );
+    let ok = verify_policy("30000");
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    let other = verify_policy("130000");
+    assert_eq!(other.status.code(), Some(1), "{}", stderr(&other));
+}

@@ -26,8 +26,6 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Largest IGVM file read.
 const MAX_IGVM_BYTES: u64 = 1 << 30;
-/// The guest policy most SNP stacks default to: SMT allowed, reserved bit 17 set.
-pub const DEFAULT_POLICY: u64 = 0x30000;
 
 /// Which firmware performs the launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +40,9 @@ pub enum SnpFirmware {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnpConfig {
     pub firmware: SnpFirmware,
-    /// Guest policy (validated: reserved bit 17 set, DEBUG refused).
-    pub policy: u64,
+    /// Guest policy (validated: reserved bit 17 set, DEBUG refused); `None` takes the IGVM
+    /// file's own (an ID block in the file signs that one).
+    pub policy: Option<u64>,
     /// HOST_DATA given at LAUNCH_FINISH: the SHA-256 of the pod's policy / init data.
     pub host_data: [u8; 32],
     /// With the model: write a model-signed attestation report here (REPORT_DATA zero), and
@@ -52,11 +51,11 @@ pub struct SnpConfig {
 }
 
 impl SnpConfig {
-    /// A launch through KVM with the default policy and zero HOST_DATA.
+    /// A launch through KVM with the file's policy and zero HOST_DATA.
     pub fn kvm_default() -> Self {
         Self {
             firmware: SnpFirmware::Kvm,
-            policy: DEFAULT_POLICY,
+            policy: None,
             host_data: [0; 32],
             model_report: None,
         }
@@ -194,11 +193,11 @@ impl LaunchInputs {
         config: &SnpConfig,
         facts: &GuestFacts,
     ) -> Result<Self, SnpLaunchError> {
-        let policy =
-            GuestPolicy::new(config.policy, false).map_err(|source| SnpLaunchError::Policy {
-                policy: config.policy,
-                source,
-            })?;
+        let raw = config.policy.unwrap_or(plan.policy);
+        let policy = GuestPolicy::new(raw, false).map_err(|source| SnpLaunchError::Policy {
+            policy: raw,
+            source,
+        })?;
         image::check_ram(plan, facts.mem_bytes)?;
         let vcpu_signature = facts
             .cpuid
