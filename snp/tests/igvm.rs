@@ -474,3 +474,58 @@ fn a_vp_context_without_snp_active_is_refused() {
     assert!(matches!(err, IgvmError::NotSnpVmsa(0)), "{err}");
     assert!(err.to_string().contains("SNP_ACTIVE"), "{err}");
 }
+
+/// CRC-32 (IEEE) as IGVM's fixed header uses, so a patched file still passes the checksum.
+fn crc32(parts: &[&[u8]]) -> u32 {
+    let mut crc = !0u32;
+    for byte in parts.iter().flat_map(|p| p.iter()) {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xedb8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+/// Found by fuzzing (`fuzz/`, target `igvm_load`): a page whose file offset lies before
+/// the file data section made the igvm crate subtract with overflow (a panic in debug
+/// builds, a wrapped offset in release ones).
+#[test]
+fn page_data_offset_before_the_file_data_is_refused() {
+    let mut file = build(1, 0x10_0000);
+    let (start, size) = (u32_at(&file, 8) as usize, u32_at(&file, 12) as usize);
+    let data_start = start + size;
+    // Point the first page that has contents 8 bytes before the file data.
+    let mut at = start;
+    loop {
+        let (typ, len) = (u32_at(&file, at), u32_at(&file, at + 4) as usize);
+        if typ == 0x302 && u32_at(&file, at + 8 + 12) != 0 {
+            let bad = (data_start as u32 - 8).to_le_bytes();
+            file[at + 8 + 12..at + 8 + 16].copy_from_slice(&bad);
+            break;
+        }
+        at += 8 + len.next_multiple_of(8);
+        assert!(at < data_start, "the test file has page data with contents");
+    }
+    file[20..24].fill(0);
+    let crc = crc32(&[&file[..24], &file[start..data_start]]);
+    file[20..24].copy_from_slice(&crc.to_le_bytes());
+    let err = load_igvm(&file).unwrap_err();
+    assert!(matches!(err, IgvmError::Layout(_)), "{err}");
+    assert!(err.to_string().contains("outside the file data"), "{err}");
+}
+
+/// Variable headers whose offset plus size passes 4 GiB made the igvm crate add with
+/// overflow before it looked at anything else.
+#[test]
+fn variable_headers_past_the_file_end_are_refused() {
+    let mut file = build(1, 0x10_0000);
+    file[12..16].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+    let err = load_igvm(&file).unwrap_err();
+    assert!(matches!(err, IgvmError::Layout(_)), "{err}");
+    assert!(err.to_string().contains("run past"), "{err}");
+}

@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod launch;
+mod offsets;
 pub mod plan;
 
 pub use build::{build_igvm, BuildError, BuildInput, BuildSummary, BuiltIgvm};

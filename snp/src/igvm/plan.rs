@@ -41,6 +41,8 @@ pub enum IgvmError {
     TooLarge(usize),
     #[error("not a valid IGVM file: {0}")]
     Parse(String),
+    #[error("not a valid IGVM file: {0}")]
+    Layout(String),
     #[error("IGVM file declares no SEV-SNP platform")]
     NoSnpPlatform,
     #[error("IGVM file has no SNP guest policy")]
@@ -192,6 +194,7 @@ pub fn load_igvm(bytes: &[u8]) -> Result<LaunchPlan, IgvmError> {
     if bytes.len() > MAX_IGVM_SIZE {
         return Err(IgvmError::TooLarge(bytes.len()));
     }
+    super::offsets::check_section_bounds(bytes)?;
     let file = IgvmFile::new_from_binary(bytes, Some(IsolationType::Snp))
         .map_err(|e| IgvmError::Parse(e.to_string()))?;
     let mask = file
