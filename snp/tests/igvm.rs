@@ -494,29 +494,47 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 /// Found by fuzzing (`fuzz/`, target `igvm_load`): a page whose file offset lies before
 /// the file data section made the igvm crate subtract with overflow (a panic in debug
 /// builds, a wrapped offset in release ones).
-#[test]
-fn page_data_offset_before_the_file_data_is_refused() {
+/// `build`'s file with the file offset of the first directive of type `typ` that has one
+/// replaced by `offset(data_start)`, checksum updated.
+fn with_file_offset(typ: u32, offset: impl Fn(u32) -> u32) -> Vec<u8> {
     let mut file = build(1, 0x10_0000);
     let (start, size) = (u32_at(&file, 8) as usize, u32_at(&file, 12) as usize);
     let data_start = start + size;
-    // Point the first page that has contents 8 bytes before the file data.
     let mut at = start;
     loop {
-        let (typ, len) = (u32_at(&file, at), u32_at(&file, at + 4) as usize);
-        if typ == 0x302 && u32_at(&file, at + 8 + 12) != 0 {
-            let bad = (data_start as u32 - 8).to_le_bytes();
+        let (t, len) = (u32_at(&file, at), u32_at(&file, at + 4) as usize);
+        if t == typ && u32_at(&file, at + 8 + 12) != 0 {
+            let bad = offset(data_start as u32).to_le_bytes();
             file[at + 8 + 12..at + 8 + 16].copy_from_slice(&bad);
             break;
         }
         at += 8 + len.next_multiple_of(8);
-        assert!(at < data_start, "the test file has page data with contents");
+        assert!(
+            at < data_start,
+            "the test file has a {typ:#x} header with data"
+        );
     }
     file[20..24].fill(0);
     let crc = crc32(&[&file[..24], &file[start..data_start]]);
     file[20..24].copy_from_slice(&crc.to_le_bytes());
+    file
+}
+
+#[test]
+fn page_data_offset_before_the_file_data_is_refused() {
+    let file = with_file_offset(0x302, |data_start| data_start - 8);
     let err = load_igvm(&file).unwrap_err();
     assert!(matches!(err, IgvmError::Layout(_)), "{err}");
     assert!(err.to_string().contains("outside the file data"), "{err}");
+}
+
+/// Found by fuzzing: igvm subtracts the file data start from a VP context's file offset
+/// even when the offset is zero.
+#[test]
+fn vp_context_without_file_data_is_refused() {
+    let err = load_igvm(&with_file_offset(0x304, |_| 0)).unwrap_err();
+    assert!(matches!(err, IgvmError::Layout(_)), "{err}");
+    assert!(err.to_string().contains("file offset 0x0"), "{err}");
 }
 
 /// Variable headers whose offset plus size passes 4 GiB made the igvm crate add with

@@ -4,7 +4,11 @@
 //! `file_offset - file_data_start` without overflow checks: debug builds panic on a file
 //! whose headers run past 4 GiB or whose page data, parameter area or VP context points
 //! before the file data section, and release builds wrap and then index out of bounds (the
-//! header split, a VBS VP context). A file that fails these checks is malformed anyway.
+//! header split, a VBS VP context). A VP context's offset is subtracted even when it is zero,
+//! which for page data and parameter areas means "no data". A file that fails these checks
+//! is malformed anyway.
+
+use igvm_defs::IgvmVariableHeaderType as VHT;
 
 use super::plan::IgvmError;
 
@@ -14,11 +18,12 @@ const VARIABLE_HEADER_OFFSET: usize = 8;
 const VARIABLE_HEADER_SIZE: usize = 12;
 /// Every variable header starts with its type and length (u32 each) and is 8-byte aligned.
 const HEADER_PREFIX: usize = 8;
-/// Directive types that carry a `file_offset` (u32 at byte 12 of their body).
-const WITH_FILE_OFFSET: [u32; 3] = [
-    igvm_defs::IgvmVariableHeaderType::IGVM_VHT_PARAMETER_AREA.0,
-    igvm_defs::IgvmVariableHeaderType::IGVM_VHT_PAGE_DATA.0,
-    igvm_defs::IgvmVariableHeaderType::IGVM_VHT_VP_CONTEXT.0,
+/// Directive types that carry a `file_offset` (u32 at byte 12 of their body), and whether
+/// zero (no data) is allowed there.
+const WITH_FILE_OFFSET: [(u32, bool); 3] = [
+    (VHT::IGVM_VHT_PARAMETER_AREA.0, true),
+    (VHT::IGVM_VHT_PAGE_DATA.0, true),
+    (VHT::IGVM_VHT_VP_CONTEXT.0, false),
 ];
 const FILE_OFFSET_IN_BODY: usize = 12;
 
@@ -51,10 +56,14 @@ pub(super) fn check_section_bounds(bytes: &[u8]) -> Result<(), IgvmError> {
     let mut at = 0;
     while let (Some(typ), Some(len)) = (u32_at(headers, at), u32_at(headers, at + 4)) {
         let body = at + HEADER_PREFIX;
-        if WITH_FILE_OFFSET.contains(&typ) {
+        let zero_allowed = WITH_FILE_OFFSET
+            .iter()
+            .find_map(|&(t, zero)| (t == typ).then_some(zero));
+        if let Some(zero_allowed) = zero_allowed {
             if let Some(offset) = u32_at(headers, body + FILE_OFFSET_IN_BODY) {
                 let offset = offset as usize;
-                if offset != 0 && !(data_start..bytes.len()).contains(&offset) {
+                let no_data = offset == 0 && zero_allowed;
+                if !no_data && !(data_start..bytes.len()).contains(&offset) {
                     return bad(format!(
                         "header type {typ:#x} at {:#x} points at file offset {offset:#x}, \
                          outside the file data ({data_start:#x}..{:#x})",
