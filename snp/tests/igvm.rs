@@ -494,30 +494,49 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 /// Found by fuzzing (`fuzz/`, target `igvm_load`): a page whose file offset lies before
 /// the file data section made the igvm crate subtract with overflow (a panic in debug
 /// builds, a wrapped offset in release ones).
-/// `build`'s file with the file offset of the first directive of type `typ` that has one
-/// replaced by `offset(data_start)`, checksum updated.
-fn with_file_offset(typ: u32, offset: impl Fn(u32) -> u32) -> Vec<u8> {
+/// `build`'s file with the body of the first directive of type `typ` (with file data, if
+/// `with_data`) changed by `patch(body, file_data_start)`, checksum updated.
+fn patched(typ: u32, with_data: bool, patch: impl Fn(&mut [u8], u32)) -> Vec<u8> {
     let mut file = build(1, 0x10_0000);
     let (start, size) = (u32_at(&file, 8) as usize, u32_at(&file, 12) as usize);
     let data_start = start + size;
     let mut at = start;
     loop {
         let (t, len) = (u32_at(&file, at), u32_at(&file, at + 4) as usize);
-        if t == typ && u32_at(&file, at + 8 + 12) != 0 {
-            let bad = offset(data_start as u32).to_le_bytes();
-            file[at + 8 + 12..at + 8 + 16].copy_from_slice(&bad);
+        if t == typ && (!with_data || u32_at(&file, at + 8 + 12) != 0) {
+            patch(&mut file[at + 8..at + 8 + len], data_start as u32);
             break;
         }
         at += 8 + len.next_multiple_of(8);
-        assert!(
-            at < data_start,
-            "the test file has a {typ:#x} header with data"
-        );
+        assert!(at < data_start, "the test file has a {typ:#x} header");
     }
     file[20..24].fill(0);
     let crc = crc32(&[&file[..24], &file[start..data_start]]);
     file[20..24].copy_from_slice(&crc.to_le_bytes());
     file
+}
+
+/// `build`'s file with the file offset (bytes 12..16 of the body) of the first directive of
+/// type `typ` that has file data replaced by `offset(file_data_start)`.
+fn with_file_offset(typ: u32, offset: impl Fn(u32) -> u32) -> Vec<u8> {
+    patched(typ, true, |body, data_start| {
+        body[12..16].copy_from_slice(&offset(data_start).to_le_bytes())
+    })
+}
+
+/// Found by fuzzing: igvm adds a parameter area's 64-bit size to its file offset unchecked.
+#[test]
+fn parameter_area_data_past_the_file_end_is_refused() {
+    let file = patched(0x301, false, |body, data_start| {
+        body[0..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        body[12..16].copy_from_slice(&(data_start + 8).to_le_bytes());
+    });
+    let err = load_igvm(&file).unwrap_err();
+    assert!(matches!(err, IgvmError::Layout(_)), "{err}");
+    assert!(
+        err.to_string().contains("0xffffffffffffffff bytes"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -4,9 +4,10 @@
 //! `file_offset - file_data_start` without overflow checks: debug builds panic on a file
 //! whose headers run past 4 GiB or whose page data, parameter area or VP context points
 //! before the file data section, and release builds wrap and then index out of bounds (the
-//! header split, a VBS VP context). A VP context's offset is subtracted even when it is zero,
-//! which for page data and parameter areas means "no data". A file that fails these checks
-//! is malformed anyway.
+//! header split, a VBS VP context). It also adds a parameter area's 64-bit size to its
+//! offset unchecked, and subtracts a VP context's offset even when it is zero (which for
+//! page data and parameter areas means "no data"). A file that fails these checks is
+//! malformed anyway: every directive's data must lie inside the file data section.
 
 use igvm_defs::IgvmVariableHeaderType as VHT;
 
@@ -18,18 +19,32 @@ const VARIABLE_HEADER_OFFSET: usize = 8;
 const VARIABLE_HEADER_SIZE: usize = 12;
 /// Every variable header starts with its type and length (u32 each) and is 8-byte aligned.
 const HEADER_PREFIX: usize = 8;
-/// Directive types that carry a `file_offset` (u32 at byte 12 of their body), and whether
-/// zero (no data) is allowed there.
-const WITH_FILE_OFFSET: [(u32, bool); 3] = [
-    (VHT::IGVM_VHT_PARAMETER_AREA.0, true),
-    (VHT::IGVM_VHT_PAGE_DATA.0, true),
-    (VHT::IGVM_VHT_VP_CONTEXT.0, false),
+/// How much file data a directive with a `file_offset` reads there.
+#[derive(Clone, Copy)]
+enum DataLen {
+    /// One page; a zero offset means no data.
+    PageOrNone,
+    /// `number_of_bytes` (u64 at the start of the body); a zero offset means no data.
+    NumberOfBytesOrNone,
+    /// At least one byte (the parser reads the rest); zero is not "no data" here.
+    Some,
+}
+
+/// Directive types that carry a `file_offset` (u32 at byte 12 of their body).
+const WITH_FILE_OFFSET: [(u32, DataLen); 3] = [
+    (VHT::IGVM_VHT_PARAMETER_AREA.0, DataLen::NumberOfBytesOrNone),
+    (VHT::IGVM_VHT_PAGE_DATA.0, DataLen::PageOrNone),
+    (VHT::IGVM_VHT_VP_CONTEXT.0, DataLen::Some),
 ];
 const FILE_OFFSET_IN_BODY: usize = 12;
 
 fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
     let b = bytes.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from(u32_at(bytes, at)?) | u64::from(u32_at(bytes, at + 4)?) << 32)
 }
 
 /// Refuses a file whose variable headers do not lie inside it or whose directives point at
@@ -56,21 +71,30 @@ pub(super) fn check_section_bounds(bytes: &[u8]) -> Result<(), IgvmError> {
     let mut at = 0;
     while let (Some(typ), Some(len)) = (u32_at(headers, at), u32_at(headers, at + 4)) {
         let body = at + HEADER_PREFIX;
-        let zero_allowed = WITH_FILE_OFFSET
+        let kind = WITH_FILE_OFFSET
             .iter()
-            .find_map(|&(t, zero)| (t == typ).then_some(zero));
-        if let Some(zero_allowed) = zero_allowed {
-            if let Some(offset) = u32_at(headers, body + FILE_OFFSET_IN_BODY) {
-                let offset = offset as usize;
-                let no_data = offset == 0 && zero_allowed;
-                if !no_data && !(data_start..bytes.len()).contains(&offset) {
-                    return bad(format!(
-                        "header type {typ:#x} at {:#x} points at file offset {offset:#x}, \
-                         outside the file data ({data_start:#x}..{:#x})",
-                        start + at,
-                        bytes.len()
-                    ));
-                }
+            .find_map(|&(t, kind)| (t == typ).then_some(kind));
+        let offset = u32_at(headers, body + FILE_OFFSET_IN_BODY);
+        if let (Some(kind), Some(offset)) = (kind, offset) {
+            let data_len = match kind {
+                DataLen::PageOrNone if offset == 0 => 0,
+                DataLen::PageOrNone => 4096,
+                DataLen::NumberOfBytesOrNone if offset == 0 => 0,
+                DataLen::NumberOfBytesOrNone => u64_at(headers, body).unwrap_or(u64::MAX),
+                DataLen::Some => 1,
+            };
+            let offset = u64::from(offset);
+            let inside = offset >= data_start as u64
+                && offset
+                    .checked_add(data_len)
+                    .is_some_and(|end| end <= bytes.len() as u64);
+            if data_len != 0 && !inside {
+                return bad(format!(
+                    "header type {typ:#x} at {:#x} reads {data_len:#x} bytes at file offset \
+                     {offset:#x}, outside the file data ({data_start:#x}..{:#x})",
+                    start + at,
+                    bytes.len()
+                ));
             }
         }
         let Some(next) = (len as usize)
