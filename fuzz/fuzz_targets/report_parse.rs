@@ -9,14 +9,22 @@ fuzz_target!(|data: &[u8]| {
     let Ok(report) = AttestationReport::parse(data) else {
         return;
     };
-    assert_eq!(&report.as_bytes()[..], data, "serialized report differs from input");
+    assert_eq!(
+        &report.as_bytes()[..],
+        data,
+        "serialized report differs from input"
+    );
     let _ = format!("{report:?}");
     let _ = report.cpuid_fms();
     // Rebuilding from the named fields keeps every named field (reserved bytes become zero).
     let (r, s) = report.signature_le();
     let rebuilt = AttestationReport::from_parts(&report.body(), &r, &s)
         .expect("a body read from a valid report is valid");
-    assert_eq!(rebuilt.body(), report.body(), "fields changed in a round trip");
+    assert_eq!(
+        rebuilt.body(),
+        report.body(),
+        "fields changed in a round trip"
+    );
     assert_eq!(rebuilt.signature_le(), (r, s));
     assert_eq!(rebuilt.signed_bytes().len(), SIGNED_LEN);
 });

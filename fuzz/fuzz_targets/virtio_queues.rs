@@ -103,7 +103,11 @@ fuzz_target!(|data: &[u8]| {
     let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
     let contents = &contents[..contents.len().min(MEM_SIZE)];
     mem.write_slice(contents, GuestAddress(0)).expect("fits");
-    let queue_size = if *size < 9 { 1u32 << size } else { u32::from(*size) };
+    let queue_size = if *size < 9 {
+        1u32 << size
+    } else {
+        u32::from(*size)
+    };
     let event_idx = flags & 2 != 0;
     if flags & 1 == 0 {
         let block = Block::new(BlockConfig {
