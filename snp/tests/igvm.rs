@@ -491,9 +491,6 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
 
-/// Found by fuzzing (`fuzz/`, target `igvm_load`): a page whose file offset lies before
-/// the file data section made the igvm crate subtract with overflow (a panic in debug
-/// builds, a wrapped offset in release ones).
 /// `build`'s file with the body of the first directive of type `typ` (with file data, if
 /// `with_data`) changed by `patch(body, file_data_start)`, checksum updated.
 fn patched(typ: u32, with_data: bool, patch: impl Fn(&mut [u8], u32)) -> Vec<u8> {
@@ -539,6 +536,9 @@ fn parameter_area_data_past_the_file_end_is_refused() {
     );
 }
 
+/// Found by fuzzing (`fuzz/`, target `igvm_load`): a page whose file offset lies before
+/// the file data section made the igvm crate subtract with overflow (a panic in debug
+/// builds, a wrapped offset in release ones).
 #[test]
 fn page_data_offset_before_the_file_data_is_refused() {
     let file = with_file_offset(0x302, |data_start| data_start - 8);
@@ -565,4 +565,80 @@ fn variable_headers_past_the_file_end_are_refused() {
     let err = load_igvm(&file).unwrap_err();
     assert!(matches!(err, IgvmError::Layout(_)), "{err}");
     assert!(err.to_string().contains("run past"), "{err}");
+}
+
+/// One parameter area inserted many times would multiply its pages (up to 16 MiB of plan
+/// pages per insert from a few bytes of file): a second insert of an area is refused. The
+/// file is built with two areas, each inserted once, then the second insert is patched to
+/// name the first area.
+#[test]
+fn a_parameter_area_inserted_twice_is_refused() {
+    let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
+        compatibility_mask: MASK,
+        highest_vtl: 0,
+        platform_type: IgvmPlatformType::SEV_SNP,
+        platform_version: IGVM_SEV_SNP_PLATFORM_VERSION,
+        shared_gpa_boundary: 0,
+    });
+    let policy = IgvmInitializationHeader::GuestPolicy {
+        policy: 0x30000,
+        compatibility_mask: MASK,
+    };
+    let mut directives = Vec::new();
+    for index in 0..2 {
+        directives.push(IgvmDirectiveHeader::ParameterArea {
+            number_of_bytes: 0x1000,
+            parameter_area_index: index,
+            initial_data: Vec::new(),
+        });
+        directives.push(IgvmDirectiveHeader::VpCount(IGVM_VHS_PARAMETER {
+            parameter_area_index: index,
+            byte_offset: 0,
+        }));
+        directives.push(IgvmDirectiveHeader::ParameterInsert(
+            IGVM_VHS_PARAMETER_INSERT {
+                gpa: 0x20_0000 + u64::from(index) * 0x10_0000,
+                compatibility_mask: MASK,
+                parameter_area_index: index,
+            },
+        ));
+    }
+    directives.push(IgvmDirectiveHeader::SnpVpContext {
+        gpa: 0xffff_f000,
+        compatibility_mask: MASK,
+        vp_index: 0,
+        vmsa: bsp_vmsa(0x10_0000),
+    });
+    let file = IgvmFile::new(IgvmRevision::V1, vec![platform], vec![policy], directives).unwrap();
+    let mut bytes = Vec::new();
+    file.serialize(&mut bytes).unwrap();
+    assert_eq!(load_igvm(&bytes).unwrap().parameter_areas.len(), 2);
+
+    // The second PARAMETER_INSERT (type 0x303; area index at body offset 12) now names area 0.
+    let (start, size) = (u32_at(&bytes, 8) as usize, u32_at(&bytes, 12) as usize);
+    let mut at = start;
+    let mut inserts = 0;
+    while at < start + size {
+        let (typ, len) = (u32_at(&bytes, at), u32_at(&bytes, at + 4) as usize);
+        if typ == 0x303 {
+            inserts += 1;
+            if inserts == 2 {
+                bytes[at + 8 + 12..at + 8 + 16].copy_from_slice(&0u32.to_le_bytes());
+            }
+        }
+        at += 8 + len.next_multiple_of(8);
+    }
+    assert_eq!(inserts, 2);
+    bytes[20..24].fill(0);
+    let crc = crc32(&[&bytes[..24], &bytes[start..start + size]]);
+    bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+    let err = load_igvm(&bytes).unwrap_err();
+    println!("{err}");
+    assert!(
+        matches!(
+            err,
+            IgvmError::BadParameterArea { index: 0, .. } | IgvmError::Parse(_)
+        ),
+        "{err}"
+    );
 }
