@@ -68,17 +68,6 @@ fn build_full(
     insert_gpa: u64,
     id_block: Option<IgvmDirectiveHeader>,
 ) -> Vec<u8> {
-    let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
-        compatibility_mask: MASK,
-        highest_vtl: 0,
-        platform_type: IgvmPlatformType::SEV_SNP,
-        platform_version: IGVM_SEV_SNP_PLATFORM_VERSION,
-        shared_gpa_boundary: 0,
-    });
-    let policy = IgvmInitializationHeader::GuestPolicy {
-        policy: 0x30000,
-        compatibility_mask: MASK,
-    };
     let plain = IgvmPageDataFlags::new();
     let directives = vec![
         page_data(
@@ -131,6 +120,22 @@ fn build_full(
     ];
     let mut directives = directives;
     directives.extend(id_block);
+    serialized(directives)
+}
+
+/// An SNP-only file (policy 0x30000) with these directives.
+fn serialized(directives: Vec<IgvmDirectiveHeader>) -> Vec<u8> {
+    let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
+        compatibility_mask: MASK,
+        highest_vtl: 0,
+        platform_type: IgvmPlatformType::SEV_SNP,
+        platform_version: IGVM_SEV_SNP_PLATFORM_VERSION,
+        shared_gpa_boundary: 0,
+    });
+    let policy = IgvmInitializationHeader::GuestPolicy {
+        policy: 0x30000,
+        compatibility_mask: MASK,
+    };
     let file = IgvmFile::new(IgvmRevision::V1, vec![platform], vec![policy], directives).unwrap();
     let mut out = Vec::new();
     file.serialize(&mut out).unwrap();
@@ -450,26 +455,12 @@ fn id_block_from_the_file_reaches_launch_finish() {
 fn a_vp_context_without_snp_active_is_refused() {
     let mut vmsa = bsp_vmsa(0x10_0000);
     vmsa.sev_features = SevFeatures::new();
-    let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
-        compatibility_mask: MASK,
-        highest_vtl: 0,
-        platform_type: IgvmPlatformType::SEV_SNP,
-        platform_version: IGVM_SEV_SNP_PLATFORM_VERSION,
-        shared_gpa_boundary: 0,
-    });
-    let policy = IgvmInitializationHeader::GuestPolicy {
-        policy: 0x30000,
-        compatibility_mask: MASK,
-    };
-    let directives = vec![IgvmDirectiveHeader::SnpVpContext {
+    let bytes = serialized(vec![IgvmDirectiveHeader::SnpVpContext {
         gpa: 0xffff_f000,
         compatibility_mask: MASK,
         vp_index: 0,
         vmsa,
-    }];
-    let file = IgvmFile::new(IgvmRevision::V1, vec![platform], vec![policy], directives).unwrap();
-    let mut bytes = Vec::new();
-    file.serialize(&mut bytes).unwrap();
+    }]);
     let err = load_igvm(&bytes).unwrap_err();
     assert!(matches!(err, IgvmError::NotSnpVmsa(0)), "{err}");
     assert!(err.to_string().contains("SNP_ACTIVE"), "{err}");
@@ -507,10 +498,16 @@ fn patched(typ: u32, with_data: bool, patch: impl Fn(&mut [u8], u32)) -> Vec<u8>
         at += 8 + len.next_multiple_of(8);
         assert!(at < data_start, "the test file has a {typ:#x} header");
     }
-    file[20..24].fill(0);
-    let crc = crc32(&[&file[..24], &file[start..data_start]]);
-    file[20..24].copy_from_slice(&crc.to_le_bytes());
+    fix_checksum(&mut file);
     file
+}
+
+/// Recomputes the fixed header's CRC32 (over the fixed and variable headers) after a patch.
+fn fix_checksum(file: &mut [u8]) {
+    let (start, size) = (u32_at(file, 8) as usize, u32_at(file, 12) as usize);
+    file[20..24].fill(0);
+    let crc = crc32(&[&file[..24], &file[start..start + size]]);
+    file[20..24].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// `build`'s file with the file offset (bytes 12..16 of the body) of the first directive of
@@ -573,17 +570,6 @@ fn variable_headers_past_the_file_end_are_refused() {
 /// name the first area.
 #[test]
 fn a_parameter_area_inserted_twice_is_refused() {
-    let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
-        compatibility_mask: MASK,
-        highest_vtl: 0,
-        platform_type: IgvmPlatformType::SEV_SNP,
-        platform_version: IGVM_SEV_SNP_PLATFORM_VERSION,
-        shared_gpa_boundary: 0,
-    });
-    let policy = IgvmInitializationHeader::GuestPolicy {
-        policy: 0x30000,
-        compatibility_mask: MASK,
-    };
     let mut directives = Vec::new();
     for index in 0..2 {
         directives.push(IgvmDirectiveHeader::ParameterArea {
@@ -609,9 +595,7 @@ fn a_parameter_area_inserted_twice_is_refused() {
         vp_index: 0,
         vmsa: bsp_vmsa(0x10_0000),
     });
-    let file = IgvmFile::new(IgvmRevision::V1, vec![platform], vec![policy], directives).unwrap();
-    let mut bytes = Vec::new();
-    file.serialize(&mut bytes).unwrap();
+    let mut bytes = serialized(directives);
     assert_eq!(load_igvm(&bytes).unwrap().parameter_areas.len(), 2);
 
     // The second PARAMETER_INSERT (type 0x303; area index at body offset 12) now names area 0.
@@ -629,9 +613,7 @@ fn a_parameter_area_inserted_twice_is_refused() {
         at += 8 + len.next_multiple_of(8);
     }
     assert_eq!(inserts, 2);
-    bytes[20..24].fill(0);
-    let crc = crc32(&[&bytes[..24], &bytes[start..start + size]]);
-    bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+    fix_checksum(&mut bytes);
     let err = load_igvm(&bytes).unwrap_err();
     println!("{err}");
     assert!(
