@@ -117,8 +117,18 @@ fn report_verify_rejects_a_malformed_report_by_name() {
 
 /// Builds an IGVM from a test guest, with `veil igvm build`.
 fn build_igvm(dir: &std::path::Path, kernel: &std::path::Path, name: &str) -> std::path::PathBuf {
+    build_igvm_with(dir, kernel, name, &[])
+}
+
+/// `build_igvm` with further `veil igvm build` arguments.
+fn build_igvm_with(
+    dir: &std::path::Path,
+    kernel: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+) -> std::path::PathBuf {
     let igvm = dir.join(name);
-    let out = veil(&[
+    let mut args = vec![
         "igvm",
         "build",
         "--kernel",
@@ -129,10 +139,29 @@ fn build_igvm(dir: &std::path::Path, kernel: &std::path::Path, name: &str) -> st
         "64",
         "-o",
         igvm.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = veil(&args);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("measured bytes"), "{}", stdout(&out));
     igvm
+}
+
+/// `veil report verify` of a model report against the model's key written beside it
+/// (`<report>.pub.pem`), with the expectations in `checks`.
+fn verify_model_report(report: &std::path::Path, checks: &[&str]) -> std::process::Output {
+    let mut key = report.as_os_str().to_owned();
+    key.push(".pub.pem");
+    let mut args = vec![
+        "report",
+        "verify",
+        "--report",
+        report.to_str().unwrap(),
+        "--public-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(checks);
+    veil(&args)
 }
 
 /// Runs the model launch and returns (digest, vCPU signature) from veil's report line.
@@ -232,22 +261,18 @@ fn model_report_verifies_and_names_each_mismatch() {
             report.to_str().unwrap(),
         ],
     );
-    let key = dir.path().join("report.bin.pub.pem");
     let verify = |measurement: &str, host_data: &str, policy: &str| {
-        veil(&[
-            "report",
-            "verify",
-            "--report",
-            report.to_str().unwrap(),
-            "--public-key",
-            key.to_str().unwrap(),
-            "--measurement",
-            measurement,
-            "--host-data",
-            host_data,
-            "--policy",
-            policy,
-        ])
+        verify_model_report(
+            &report,
+            &[
+                "--measurement",
+                measurement,
+                "--host-data",
+                host_data,
+                "--policy",
+                policy,
+            ],
+        )
     };
     let ok = verify(&digest, &host_data, "30000");
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
@@ -333,34 +358,14 @@ fn device_arguments_the_igvm_cannot_take_are_named() {
 #[test]
 fn the_launch_policy_defaults_to_the_files() {
     let dir = tempfile::tempdir().unwrap();
-    let igvm = dir.path().join("single-socket.igvm");
-    let out = veil(&[
-        "igvm",
-        "build",
-        "--kernel",
-        veil_tests::Guest::BootInfo.path().to_str().unwrap(),
-        "--mem-mib",
-        "64",
-        "--policy",
-        "130000",
-        "-o",
-        igvm.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let igvm = build_igvm_with(
+        dir.path(),
+        veil_tests::Guest::BootInfo.path(),
+        "single-socket.igvm",
+        &["--policy", "130000"],
+    );
     let report = dir.path().join("report.bin");
-    let key = dir.path().join("report.bin.pub.pem");
-    let verify_policy = |policy: &str| {
-        veil(&[
-            "report",
-            "verify",
-            "--report",
-            report.to_str().unwrap(),
-            "--public-key",
-            key.to_str().unwrap(),
-            "--policy",
-            policy,
-        ])
-    };
+    let verify_policy = |policy: &str| verify_model_report(&report, &["--policy", policy]);
 
     model_launch(&igvm, "1", &["--model-report", report.to_str().unwrap()]);
     let ok = verify_policy("130000");
