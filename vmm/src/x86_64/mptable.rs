@@ -54,13 +54,22 @@ fn config_table(cpus: u8) -> Vec<u8> {
     let ioapic_id = cpus;
     entries.extend([ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend((IOAPIC_START as u32).to_le_bytes());
+    // KVM's default GSI routing sends GSI n to IOAPIC pin n (and GSIs 0-15 to the PICs too),
+    // so every pin, the PIT's IRQ 0 included, is an ordinary interrupt from the same-numbered
+    // source. The PIC's ExtINT reaches the CPUs through LINT0 only: an IOAPIC pin announced as
+    // ExtINT makes Linux trust the table over the (unprogrammed) IOAPIC and then find no
+    // timer pin, which oopses stock kernels in setup_IO_APIC.
     for irq in 0..IOAPIC_PINS {
-        let kind = if irq == 0 {
-            INT_TYPE_EXTINT
-        } else {
-            INT_TYPE_INT
-        };
-        entries.extend([ENTRY_IO_INTERRUPT, kind, 0, 0, ISA_BUS, irq, ioapic_id, irq]);
+        entries.extend([
+            ENTRY_IO_INTERRUPT,
+            INT_TYPE_INT,
+            0,
+            0,
+            ISA_BUS,
+            irq,
+            ioapic_id,
+            irq,
+        ]);
     }
     // LINT0 of every local APIC is the PIC's ExtINT, LINT1 is NMI.
     entries.extend([
@@ -180,6 +189,44 @@ mod tests {
             vec![(0, 3), (1, 1), (2, 1)],
             "BSP first, all enabled"
         );
+    }
+
+    /// The I/O interrupt entries as (type, source bus IRQ, destination IOAPIC id, pin).
+    fn io_interrupts(table: &[u8]) -> Vec<(u8, u8, u8, u8)> {
+        let count = u16::from_le_bytes([table[34], table[35]]);
+        let mut at = 44;
+        let mut found = Vec::new();
+        for _ in 0..count {
+            match table[at] {
+                ENTRY_PROCESSOR => at += 20,
+                ENTRY_IO_INTERRUPT => {
+                    let e = &table[at..at + 8];
+                    found.push((e[1], e[5], e[6], e[7]));
+                    at += 8;
+                }
+                _ => at += 8,
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn ioapic_pins_follow_kvm_default_routing() {
+        let table = config_table(2);
+        let ioapic_id = 2;
+        let interrupts = io_interrupts(&table);
+        // Linux (setup_IO_APIC / check_timer) looks up ISA IRQ 0 as an ordinary interrupt to
+        // route the timer, and takes an ExtINT IOAPIC pin from the table as a sign that
+        // firmware wired the PIC through the IOAPIC, which KVM's IOAPIC never is at boot.
+        assert!(
+            interrupts.iter().all(|&(kind, ..)| kind == INT_TYPE_INT),
+            "no IOAPIC pin is announced as ExtINT: {interrupts:?}"
+        );
+        // KVM's default routing: GSI n -> IOAPIC pin n, for every pin.
+        let expected: Vec<_> = (0..IOAPIC_PINS)
+            .map(|pin| (INT_TYPE_INT, pin, ioapic_id, pin))
+            .collect();
+        assert_eq!(interrupts, expected);
     }
 
     #[test]
