@@ -14,6 +14,7 @@ const GUESTS: &[&str] = &[
     "virtio_blk",
     "virtio_vsock",
     "boot_timer",
+    "panic_reset",
 ];
 const FLAGS: &[&str] = &[
     "-O2",
@@ -61,6 +62,31 @@ fn main() {
             "cargo:rustc-env=VEIL_GUEST_{}={}",
             guest.to_uppercase(),
             elf.display()
+        );
+    }
+    build_linux_programs(&cc);
+}
+
+/// Static Linux user-space programs that nested tests put into their guests' initramfs.
+const LINUX_PROGRAMS: &[&str] = &["vsock_stream", "pattern"];
+
+fn build_linux_programs(cc: &str) {
+    let src = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("l2");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    println!("cargo:rerun-if-changed={}", src.display());
+    for program in LINUX_PROGRAMS {
+        let exe = out.join(program);
+        let status = Command::new(cc)
+            .args(["-O2", "-static", "-Wall", "-Wextra", "-Werror", "-o"])
+            .arg(&exe)
+            .arg(src.join(format!("{program}.c")))
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {cc} to build {program}: {e} (install gcc)"));
+        assert!(status.success(), "{cc} failed to build {program}");
+        println!(
+            "cargo:rustc-env=VEIL_L2_{}={}",
+            program.to_uppercase(),
+            exe.display()
         );
     }
 }

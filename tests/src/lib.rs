@@ -30,6 +30,9 @@ pub enum Guest {
     VirtioVsock,
     /// Writes the boot timer's magic value twice and prints the recorded boot time.
     BootTimer,
+    /// Sets the BIOS warm-reset flag and resets, as Linux does after a panic under
+    /// `reboot=panic_warm`.
+    PanicReset,
 }
 
 impl Guest {
@@ -43,6 +46,7 @@ impl Guest {
             Guest::VirtioBlk => env!("VEIL_GUEST_VIRTIO_BLK"),
             Guest::VirtioVsock => env!("VEIL_GUEST_VIRTIO_VSOCK"),
             Guest::BootTimer => env!("VEIL_GUEST_BOOT_TIMER"),
+            Guest::PanicReset => env!("VEIL_GUEST_PANIC_RESET"),
         })
     }
 }
@@ -66,4 +70,16 @@ pub fn guest_kernel(file: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+pub mod l2;
+pub mod nested;
+
+/// Skips the calling test with `why`, or fails it under `CI=true`: CI installs every
+/// prerequisite, so a missing one there is a broken run, not a skip.
+pub fn skip_or_fail(why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("prerequisite missing under CI=true: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
 }

@@ -1,0 +1,366 @@
+//! The nested-KVM harness: runs a command inside "L1", a QEMU TCG guest whose real `kvm_amd`
+//! gives it a hardware-style `/dev/kvm` (this host's own KVM is a software backend that cannot
+//! run Linux user space; see ../shared/HOST-KVM.md).
+//!
+//! L1 is Debian's own 6.12 kernel with a busybox initramfs (`tests/nested/build-l1.sh`, built
+//! once and cached under `target/nested-l1/`). It mounts this host's root file system
+//! read-only over 9p and runs the command chrooted into it, so cargo's test binaries, the
+//! `veil` binary, the guest kernel and Debian's tools run there unchanged. `/run`, `/tmp`,
+//! `/var/tmp` and `/dev/shm` are fresh tmpfs inside L1 (they hide the host's; 9p cannot hold
+//! Unix sockets, so put sockets under `/run`). A scratch directory, created per run, is
+//! mounted writable at the same path inside L1: put inputs there and read results back.
+//!
+//! Everything in L1 is emulated, so only ratios of times measured inside the same L1 mean
+//! anything.
+//!
+//! Tests usually re-run themselves inside L1 ([`run_test_in_l1`]): the test binary is on the
+//! host's file system, so the same test function does the real work in L1, where
+//! [`inside_l1`] is true.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Errors of the nested harness; each says what to install or look at.
+#[derive(Debug, thiserror::Error)]
+pub enum NestedError {
+    #[error("{0} not found: apt-get install qemu-system-x86 (the nested harness runs L1 under QEMU TCG)")]
+    QemuMissing(String),
+    #[error("building the L1 image failed (tests/nested/build-l1.sh):\n{0}")]
+    ImageBuild(String),
+    #[error("L1 could not run the command: {message}\nL1 console:\n{console}")]
+    L1Setup { message: String, console: String },
+    #[error("L1 ended without running the command to its end (QEMU {qemu_status}); L1 console:\n{console}")]
+    NoStatus {
+        qemu_status: String,
+        console: String,
+    },
+    #[error("the command in L1 exceeded its limit of {limit:?}: QEMU killed; L1 console (tail):\n{console}")]
+    Timeout { limit: Duration, console: String },
+    #[error("nested harness I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> NestedError + '_ {
+    move |source| NestedError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a command run in L1 left behind.
+#[derive(Debug)]
+pub struct L1Output {
+    /// The command's exit status (the shell's `$?`).
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// L1's serial console (its kernel's messages and the harness's own lines).
+    pub console: String,
+    /// Wall time from QEMU's start to its exit.
+    pub wall: Duration,
+}
+
+impl L1Output {
+    /// Panics with everything the run printed unless the command exited 0.
+    pub fn assert_success(&self) {
+        assert_eq!(
+            self.status, 0,
+            "command in L1 exited {}\n--- stdout\n{}\n--- stderr\n{}\n--- L1 console\n{}",
+            self.status, self.stdout, self.stderr, self.console
+        );
+    }
+}
+
+/// The built L1 image.
+#[derive(Debug, Clone)]
+pub struct L1Image {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// Debian package name and version of the kernel.
+    pub kernel_package: String,
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// True inside L1 (the harness's init sets `VEIL_L1=1` for the command).
+pub fn inside_l1() -> bool {
+    std::env::var_os("VEIL_L1").is_some_and(|v| v == "1")
+}
+
+/// Builds the L1 image once per process (cached on disk across runs by the script's key).
+pub fn l1_image() -> Result<L1Image, NestedError> {
+    static IMAGE: OnceLock<Result<L1Image, String>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let script = repo_root().join("tests/nested/build-l1.sh");
+            let out = Command::new(&script)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+            if !out.status.success() {
+                return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            let kernel_package = std::fs::read_to_string(dir.join("KERNEL"))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            Ok(L1Image {
+                kernel: dir.join("vmlinuz"),
+                initramfs: dir.join("l1.cpio.gz"),
+                kernel_package,
+            })
+        })
+        .clone()
+        .map_err(NestedError::ImageBuild)
+}
+
+/// Finds an executable on PATH.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A command to run in L1, with its limits.
+#[derive(Debug)]
+pub struct L1Command {
+    script: String,
+    timeout: Duration,
+    memory_mib: u32,
+    cpus: u32,
+    scratch: tempfile::TempDir,
+}
+
+impl L1Command {
+    /// A shell script to run in L1 (`sh`, cwd = the scratch directory, host's PATH).
+    pub fn new(script: impl Into<String>) -> Result<Self, NestedError> {
+        let base = std::env::temp_dir();
+        let scratch = tempfile::Builder::new()
+            .prefix("veil-l1-")
+            .tempdir_in(&base)
+            .map_err(io_error(&base))?;
+        Ok(Self {
+            script: script.into(),
+            timeout: Duration::from_secs(600),
+            memory_mib: 3072,
+            cpus: 2,
+            scratch,
+        })
+    }
+
+    /// The limit on the whole run (L1 boot included); QEMU is killed past it.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = limit;
+        self
+    }
+
+    /// L1's memory (default 3 GiB).
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// L1's CPUs (default 2: QEMU's multi-threaded TCG runs one host thread per CPU).
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.cpus = cpus;
+        self
+    }
+
+    /// The scratch directory: the same path on the host and in L1.
+    pub fn scratch(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// Boots L1, runs the command and returns its status and output.
+    pub fn run(self) -> Result<L1Output, NestedError> {
+        let qemu = find_in_path("qemu-system-x86_64")
+            .ok_or_else(|| NestedError::QemuMissing("qemu-system-x86_64".into()))?;
+        let image = l1_image()?;
+        let scratch = self.scratch.path();
+        let command = scratch.join("l1-command.sh");
+        std::fs::write(&command, &self.script).map_err(io_error(&command))?;
+
+        // One L1 at a time on this machine: they are CPU-bound, and several at once only make
+        // each slower (and their timeouts meaningless).
+        let lock_path = repo_root().join("target/nested-l1/.run-lock");
+        let lock = File::create(&lock_path).map_err(io_error(&lock_path))?;
+        // SAFETY: flock on a file descriptor we own; the lock goes with the file.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+            return Err(io_error(&lock_path)(std::io::Error::last_os_error()));
+        }
+
+        let console_path = scratch.join("l1-console.log");
+        let console_file = File::create(&console_path).map_err(io_error(&console_path))?;
+        let started = Instant::now();
+        let mut child = Command::new(&qemu)
+            .args(["-M", "q35", "-accel", "tcg", "-cpu", "max"])
+            .arg("-smp")
+            .arg(self.cpus.to_string())
+            .arg("-m")
+            .arg(format!("{}M", self.memory_mib))
+            .arg("-kernel")
+            .arg(&image.kernel)
+            .arg("-initrd")
+            .arg(&image.initramfs)
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 quiet panic=-1 veil_l1.scratch={}",
+                scratch.display()
+            ))
+            .arg("-virtfs")
+            .arg("local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap")
+            .arg("-virtfs")
+            .arg(format!(
+                "local,path={},mount_tag=scratch,security_model=none",
+                scratch.display()
+            ))
+            .args([
+                "-nographic",
+                "-no-reboot",
+                "-nodefaults",
+                "-serial",
+                "stdio",
+            ])
+            .stdin(Stdio::null())
+            .stdout(console_file.try_clone().map_err(io_error(&console_path))?)
+            .stderr(console_file)
+            .spawn()
+            .map_err(io_error(&qemu))?;
+
+        let qemu_status = loop {
+            if let Some(status) = child.try_wait().map_err(io_error(&qemu))? {
+                break status;
+            }
+            if started.elapsed() > self.timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(NestedError::Timeout {
+                    limit: self.timeout,
+                    console: tail(&read_lossy(&console_path), 60),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let wall = started.elapsed();
+        drop(lock);
+
+        let console = read_lossy(&console_path);
+        if let Some(message) = console
+            .lines()
+            .find_map(|l| l.split_once("veil-l1: error: ").map(|(_, m)| m.to_string()))
+        {
+            return Err(NestedError::L1Setup { message, console });
+        }
+        let status_path = scratch.join("l1-status");
+        let status = std::fs::read_to_string(&status_path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .ok_or_else(|| NestedError::NoStatus {
+                qemu_status: qemu_status.to_string(),
+                console: tail(&console, 80),
+            })?;
+        Ok(L1Output {
+            status,
+            stdout: read_lossy(&scratch.join("l1-stdout")),
+            stderr: read_lossy(&scratch.join("l1-stderr")),
+            console,
+            wall,
+        })
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_end(&mut bytes);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Quotes `s` for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Why this host cannot run the nested harness, if it cannot (QEMU missing).
+pub fn missing_prerequisite() -> Option<String> {
+    find_in_path("qemu-system-x86_64")
+        .is_none()
+        .then(|| "qemu-system-x86_64 missing (apt-get install qemu-system-x86)".to_string())
+}
+
+/// Runs the calling test again inside L1, or returns `true` when already inside (the caller
+/// then does the real work). On the host it returns `false` after the run in L1 passed,
+/// and panics with L1's output when it failed. When the host lacks QEMU it panics under
+/// `CI=true` and otherwise prints why and returns `false` (the test is skipped).
+///
+/// `test` is the test's full name as libtest prints it (`module::name`, or `name` at the top
+/// of an integration test file). Environment variables in `env` are set for the test in L1.
+pub fn run_test_in_l1(test: &str, timeout: Duration, env: &[(&str, &str)]) -> bool {
+    if inside_l1() {
+        return true;
+    }
+    if let Some(why) = missing_prerequisite() {
+        crate::skip_or_fail(&why);
+        return false;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut vars: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    vars.push(("RUST_BACKTRACE".into(), "1".into()));
+    match l1_image() {
+        Ok(image) => vars.push(("VEIL_L1_KERNEL".into(), image.kernel.display().to_string())),
+        Err(e) => panic!("nested harness for {test}: {e}"),
+    }
+    if let Ok(ci) = std::env::var("CI") {
+        vars.push(("CI".into(), ci));
+    }
+    let mut script = String::from("set -e\n");
+    for (k, v) in &vars {
+        script += &format!("export {k}={}\n", shell_quote(v));
+    }
+    script += &format!(
+        "exec {} --exact {} --nocapture --test-threads=1\n",
+        shell_quote(&exe.to_string_lossy()),
+        shell_quote(test)
+    );
+    let output = L1Command::new(script)
+        .and_then(|c| c.timeout(timeout).run())
+        .unwrap_or_else(|e| panic!("nested harness for {test}: {e}"));
+    // libtest prints "running 0 tests" when the name matched nothing: that is not a pass.
+    assert!(
+        output.stdout.contains("running 1 test"),
+        "{test} did not run inside L1 (is the name exact?):\n{}\n{}",
+        output.stdout,
+        output.stderr
+    );
+    output.assert_success();
+    print!("{}", output.stdout);
+    eprint!("{}", output.stderr);
+    println!("L1 run of {test}: {:.1} s wall", output.wall.as_secs_f64());
+    false
+}
