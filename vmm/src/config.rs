@@ -18,8 +18,9 @@ pub const DEFAULT_MEM_MIB: u64 = 128;
 /// addressing.
 pub const MAX_MEM_MIB: u64 = 1 << 20;
 /// Default command line: serial console, reboot through the keyboard controller (which ends
-/// the VM), and no waiting on panic.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+/// the VM), no waiting on panic, and a panic's restart marked warm so that the VMM reports
+/// it as a panic rather than an ordinary restart.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k,panic_warm panic=-1";
 /// The KVM device.
 pub const DEFAULT_KVM_DEVICE: &str = "/dev/kvm";
 

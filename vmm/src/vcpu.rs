@@ -17,6 +17,10 @@ use crate::snp_launch::kvm::PageConverter;
 pub enum VmExit {
     /// The guest asked for a reset through the i8042 controller (Linux `reboot`).
     GuestReset,
+    /// The guest kernel panicked: it reset the machine with the BIOS warm-reset flag set,
+    /// which Linux does for a panic when booted with `reboot=panic_warm` (veil's default
+    /// command line has it) and never for an ordinary cold `reboot`.
+    GuestPanicked,
     /// The guest asked for power-off or reset through a KVM system event.
     GuestSystemEvent { kind: u32 },
     /// The embedding program (or a signal to the `veil` process) asked the VM to stop.
@@ -49,6 +53,11 @@ impl fmt::Display for VmExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::GuestReset => write!(f, "guest reset through the i8042 controller"),
+            Self::GuestPanicked => write!(
+                f,
+                "the guest kernel panicked (it reset the machine with the warm-reset flag \
+                 that reboot=panic_warm sets for panics; its console has the panic message)"
+            ),
             Self::GuestSystemEvent { kind } => {
                 write!(f, "guest system event {kind} (power-off/reset)")
             }

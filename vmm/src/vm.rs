@@ -14,7 +14,7 @@ use veil_devices::bus::Bus;
 use veil_devices::i8042::{self, ResetController};
 use veil_devices::serial::{self, SerialConsole};
 use veil_devices::EventFdTrigger;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
@@ -31,7 +31,9 @@ use crate::snp_launch::{
 use crate::vcpu::{self, ExitLatch, Vcpu, VcpuShared, VmExit};
 use crate::x86_64::boot::{self, BootError};
 use crate::x86_64::cpuid::vcpu_cpuid;
-use crate::x86_64::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
+use crate::x86_64::layout::{
+    BIOS_WARM_RESET, BIOS_WARM_RESET_FLAG, KVM_IDENTITY_MAP_START, KVM_TSS_START,
+};
 use crate::x86_64::mptable::{self, MptableError};
 use crate::x86_64::regs::EntryMode;
 use crate::x86_64::regs::{self, RegsError};
@@ -319,7 +321,7 @@ impl Vm {
         self.stop_vcpus(threads);
         let wake = result?;
         let exit = match wake {
-            Wake::Reset => VmExit::GuestReset,
+            Wake::Reset => self.reset_exit(),
             Wake::Stop => VmExit::StopRequested,
             Wake::VcpuExit => self.shared.exit.take().unwrap_or(VmExit::StopRequested),
         };
@@ -334,6 +336,23 @@ impl Vm {
                 exited: since(Instant::now()),
             },
         })
+    }
+
+    /// Tells a panic from an ordinary restart by the BIOS warm-reset flag (the word at
+    /// 0x472 in the BIOS data area, 0x1234 = warm) that Linux writes just before resetting:
+    /// warm only for a panic under `reboot=panic_warm`, cold (0) for `reboot`. An SEV-SNP
+    /// guest's memory is private, so its flag cannot be read: its resets are just resets.
+    fn reset_exit(&self) -> VmExit {
+        if self.snp_launch.is_some() {
+            return VmExit::GuestReset;
+        }
+        let flag = self
+            .memory()
+            .read_obj::<u16>(GuestAddress(BIOS_WARM_RESET_FLAG));
+        match flag {
+            Ok(BIOS_WARM_RESET) => VmExit::GuestPanicked,
+            _ => VmExit::GuestReset,
+        }
     }
 
     fn event_loop(&self) -> Result<Wake, VmError> {

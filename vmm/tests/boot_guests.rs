@@ -116,6 +116,16 @@ fn a_crashing_guest_is_reported_with_its_registers() {
 }
 
 #[test]
+fn a_reset_after_a_guest_panic_is_a_guest_failure() {
+    let guest = Guest::PanicReset.path().to_str().unwrap();
+    let out = veil(&["run", "--kernel", guest]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(stdout(&out).contains("veil-test-guest panic_reset"));
+    assert!(err.contains("guest kernel panicked"), "{err}");
+}
+
+#[test]
 fn console_can_go_to_a_file_or_nowhere() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("console.log");

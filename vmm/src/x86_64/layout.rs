@@ -4,6 +4,7 @@
 //!
 //! | range              | content                                             |
 //! |--------------------|-----------------------------------------------------|
+//! | 0x472              | BIOS warm-reset flag (read on a guest reset)        |
 //! | 0x500              | GDT (5 entries), then an empty IDT                  |
 //! | 0x6000             | PVH `hvm_start_info`, memory map right after it     |
 //! | 0x7000             | Linux zero page (`boot_params`)                     |
@@ -15,6 +16,12 @@
 //! | 0xd000_0000        | boot timer, then one 4 KiB window per virtio device |
 //! | ..4 GiB            | rest of the 32-bit MMIO gap: IOAPIC, LAPIC          |
 
+/// The BIOS data area's warm-reset flag (40:72h): the word a guest writes before a reset to
+/// say warm (`BIOS_WARM_RESET`) or cold (0). Linux writes warm for a panic under
+/// `reboot=panic_warm`, which is how the VMM tells a panic from a `reboot`.
+pub const BIOS_WARM_RESET_FLAG: u64 = 0x472;
+/// The flag's warm-reset value.
+pub const BIOS_WARM_RESET: u16 = 0x1234;
 /// GDT base.
 pub const GDT_START: u64 = 0x500;
 /// IDT base (an empty IDT: the guest installs its own before enabling interrupts).
