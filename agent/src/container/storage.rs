@@ -200,7 +200,39 @@ fn validate_layer(storage: &Storage) -> Result<PathBuf, ContainerError> {
             path: storage.source.clone(),
         });
     }
+    wait_for_capacity(&device)?;
     Ok(device)
+}
+
+/// How long a layer device may take to show the capacity of an image the VMM just swapped in.
+const CAPACITY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits (bounded) until `device` has a non-zero size. The VMM attaches layers by swapping an
+/// image into a placeholder drive and raising a config-change interrupt; the kernel reads the
+/// new capacity asynchronously, so a request right after the swap can find the drive empty.
+fn wait_for_capacity(device: &Path) -> Result<(), ContainerError> {
+    let Some(name) = device.file_name() else {
+        return Ok(());
+    };
+    let size_file = Path::new("/sys/class/block").join(name).join("size");
+    let started = std::time::Instant::now();
+    loop {
+        let sectors = match std::fs::read_to_string(&size_file) {
+            Ok(text) => text.trim().parse::<u64>().unwrap_or(0),
+            // Not a kernel block device name sysfs knows: nothing to wait for.
+            Err(_) => return Ok(()),
+        };
+        if sectors > 0 {
+            return Ok(());
+        }
+        if started.elapsed() > CAPACITY_WAIT {
+            return Err(ContainerError::InvalidPath {
+                what: "storage source (still empty: no image attached to the drive)",
+                path: device.display().to_string(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[cfg(test)]
