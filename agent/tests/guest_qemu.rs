@@ -55,28 +55,28 @@ async fn agent_as_init_runs_a_container_in_a_qemu_guest() {
         (&initramfs, "guest/build-initramfs.sh"),
     ] {
         if !path.exists() {
-            eprintln!("SKIPPED: {} missing (run {how})", path.display());
+            veil_tests::skip_or_fail(&format!("{} missing (run {how})", path.display()));
             return;
         }
     }
     let Some(qemu) = find_in_path("qemu-system-x86_64") else {
-        eprintln!("SKIPPED: qemu-system-x86_64 missing (apt-get install qemu-system-x86)");
+        veil_tests::skip_or_fail("qemu-system-x86_64 missing (apt-get install qemu-system-x86)");
         return;
     };
     let Some(vhost) = find_in_path("vhost-device-vsock") else {
-        eprintln!("SKIPPED: vhost-device-vsock missing (cargo install vhost-device-vsock)");
+        veil_tests::skip_or_fail("vhost-device-vsock missing (cargo install vhost-device-vsock)");
         return;
     };
 
     // With veritysetup the disk also carries a dm-verity hash tree after the ext4 data, so
     // the same disk serves a plain layer and a verified one.
-    let (image, root_hash) = if Path::new("/usr/sbin/veritysetup").exists() {
-        let (image, root) = BusyboxImage::with_verity();
-        (image, Some(root))
-    } else {
-        eprintln!("veritysetup missing (cryptsetup-bin): the dm-verity part is not run");
-        (BusyboxImage::new(), None)
-    };
+    if !Path::new("/usr/sbin/veritysetup").exists() {
+        veil_tests::skip_or_fail("veritysetup missing (apt-get install cryptsetup-bin)");
+        return;
+    }
+    // The disk carries a dm-verity hash tree after the ext4 data, so the same disk serves a
+    // plain layer and a verified one.
+    let (image, root_hash) = BusyboxImage::with_verity();
     let dir = tempfile::tempdir().unwrap();
     let vhost_socket = dir.path().join("vhost.sock");
     let uds = dir.path().join("vsock.uds");
@@ -198,7 +198,7 @@ async fn agent_as_init_runs_a_container_in_a_qemu_guest() {
     // dm-verity needs the disk exclusively: the plain mount must go first.
     remove_container(&client, id).await;
 
-    if let Some(root_hash) = root_hash {
+    {
         // The guest kernel has device-mapper: the layer is mounted through dm-verity.
         let options = |hash: &str| {
             vec![

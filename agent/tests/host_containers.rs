@@ -273,7 +273,7 @@ async fn cgroup_limits_are_applied_or_refused_never_dropped() {
 async fn an_erofs_root_layer_works_too() {
     require_host!();
     if !std::path::Path::new("/usr/bin/mkfs.erofs").exists() {
-        eprintln!("SKIPPED: mkfs.erofs missing (apt-get install erofs-utils)");
+        veil_tests::skip_or_fail("mkfs.erofs missing (apt-get install erofs-utils)");
         return;
     }
     let image = BusyboxImage::erofs();

@@ -19,7 +19,7 @@ fn verity_options(root_hash: &str) -> Vec<String> {
 async fn layers_are_mounted_only_with_the_named_root_hash() {
     require_host!();
     if !std::path::Path::new("/usr/sbin/veritysetup").exists() {
-        eprintln!("SKIPPED: veritysetup missing (apt-get install cryptsetup-bin)");
+        veil_tests::skip_or_fail("veritysetup missing (apt-get install cryptsetup-bin)");
         return;
     }
     let (image, root_hash) = BusyboxImage::with_verity();

@@ -54,7 +54,7 @@ pub fn missing_prerequisite() -> Option<String> {
 macro_rules! require_host {
     () => {
         if let Some(why) = common::missing_prerequisite() {
-            eprintln!("SKIPPED: {why}");
+            veil_tests::skip_or_fail(&why);
             return;
         }
     };
@@ -74,6 +74,8 @@ pub const VERITY_HASH_OFFSET: u64 = 16 << 20;
 /// device; detached on drop.
 pub struct BusyboxImage {
     pub device: String,
+    /// The image file behind the loop device.
+    pub image: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -96,7 +98,11 @@ impl BusyboxImage {
         let image = dir.path().join("rootfs.erofs");
         run(Command::new("/usr/bin/mkfs.erofs").arg(&image).arg(&root));
         let device = attach(&image);
-        Self { device, _dir: dir }
+        Self {
+            device,
+            image,
+            _dir: dir,
+        }
     }
 
     fn build(verity: bool) -> (Self, Option<String>) {
@@ -132,7 +138,14 @@ impl BusyboxImage {
                 .map(|h| h.trim().to_string());
         }
         let device = attach(&image);
-        (Self { device, _dir: dir }, root_hash)
+        (
+            Self {
+                device,
+                image,
+                _dir: dir,
+            },
+            root_hash,
+        )
     }
 }
 

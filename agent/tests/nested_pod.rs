@@ -1,0 +1,323 @@
+//! The pod guest for real: inside the nested harness's L1 (a hardware-style KVM, see
+//! `veil_tests::nested`), the VMM library boots the project's kernel and initramfs with
+//! `veil-agent` as PID 1, and this test drives the agent through veil's own hybrid vsock
+//! socket, the way the shim does: layers swapped into a placeholder drive after boot,
+//! containers, exec, the policy bound to HOST_DATA, dm-verity, and DestroySandbox ending the
+//! VM cleanly.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use veil_agent::client::AgentClient;
+use veil_agent::protocols::agent;
+use veil_tests::nested::run_test_in_l1;
+use veil_vmm::{BlockConfig, Console, KernelSource, Vm, VmConfig, VmOutcome, VsockConfig};
+
+/// Allows everything but exec'ing `id`: the request the test shows being denied.
+fn pod_policy() -> String {
+    ALLOW_ALL.replace(
+        "default ExecProcessRequest := true\n",
+        "default ExecProcessRequest := false\n\
+         ExecProcessRequest {\n    input.process.Args[0] != \"id\"\n}\n",
+    )
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A pod VM run by the library on its own thread.
+struct PodVm {
+    console: Capture,
+    uds: PathBuf,
+    disks: Vec<veil_vmm::DiskHandle>,
+    stop: veil_vmm::StopHandle,
+    run: Option<std::thread::JoinHandle<Result<VmOutcome, veil_vmm::VmError>>>,
+    spawned: Instant,
+}
+
+impl PodVm {
+    fn start(dir: &Path, host_data: &str) -> Self {
+        let kernel = veil_tests::guest_kernel("vmlinux");
+        let initrd = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/guest-initramfs/initramfs.cpio.gz");
+        assert!(
+            initrd.is_file(),
+            "{} is missing: run guest/build-initramfs.sh",
+            initrd.display()
+        );
+        let console = Capture::default();
+        let uds = dir.join("vsock.sock");
+        let spawned = Instant::now();
+        let mut config = VmConfig::new(KernelSource::Path(kernel));
+        config.initrd = Some(initrd);
+        config.cmdline = format!(
+            "console=ttyS0 reboot=k,panic_warm panic=-1 VEIL_ATTESTATION=insecure \
+             VEIL_INSECURE_HOST_DATA={host_data} RUST_LOG=info"
+        );
+        config.vcpus = 2;
+        config.mem_mib = 512;
+        config.console = Console::Writer(Box::new(console.clone()));
+        // The placeholder the container layers are swapped into after boot.
+        config.disks = vec![BlockConfig {
+            path: None,
+            read_only: true,
+            id: "layer0".into(),
+        }];
+        config.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: uds.clone(),
+        });
+        let vm = Vm::new(config).expect("create the pod VM");
+        let disks = vm.disks();
+        let stop = vm.stop_handle();
+        let run = std::thread::spawn(move || vm.run());
+        Self {
+            console,
+            uds,
+            disks,
+            stop,
+            run: Some(run),
+            spawned,
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.run.as_ref().is_some_and(|r| !r.is_finished())
+    }
+
+    /// Connects once the agent answers (it refuses everything before a policy is set).
+    async fn connect(&self, limit: Duration) -> AgentClient {
+        while self.spawned.elapsed() < limit && self.running() {
+            if let Ok(client) = AgentClient::connect_hybrid_vsock(&self.uds, 1024).await {
+                let details = client
+                    .agent
+                    .get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
+                    .await;
+                if details.is_err() {
+                    return client;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!(
+            "the agent never answered within {limit:?} (VM running: {}); console:\n{}",
+            self.running(),
+            self.console.text()
+        );
+    }
+
+    /// Waits (bounded) for the VM to end and returns how.
+    fn wait(&mut self, limit: Duration) -> VmOutcome {
+        let started = Instant::now();
+        while self.running() && started.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            !self.running(),
+            "the VM did not end within {limit:?}; console:\n{}",
+            self.console.text()
+        );
+        self.run
+            .take()
+            .unwrap()
+            .join()
+            .expect("VM thread")
+            .expect("VM run")
+    }
+}
+
+impl Drop for PodVm {
+    fn drop(&mut self) {
+        if let Some(run) = self.run.take() {
+            self.stop.stop();
+            let _ = run.join();
+        }
+    }
+}
+
+async fn start_container(client: &AgentClient, create: &agent::CreateContainerRequest) {
+    client
+        .agent
+        .create_container(ctx(), create)
+        .await
+        .unwrap_or_else(|e| panic!("create {}: {e:?}", create.container_id));
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = create.container_id.clone();
+    client.agent.start_container(ctx(), &start).await.unwrap();
+}
+
+fn exec_request(id: &str, exec_id: &str, args: &[&str]) -> agent::ExecProcessRequest {
+    let mut r = agent::ExecProcessRequest::new();
+    r.container_id = id.into();
+    r.exec_id = exec_id.into();
+    r.process = protobuf::MessageField::some(process(args));
+    r
+}
+
+#[test]
+fn pod_guest_under_veil_runs_containers_bound_to_its_policy() {
+    if !run_test_in_l1(
+        "pod_guest_under_veil_runs_containers_bound_to_its_policy",
+        Duration::from_secs(2400),
+        &[],
+    ) {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(pod_scenario());
+}
+
+async fn pod_scenario() {
+    let policy = pod_policy();
+    let host_data = sha256_hex(&policy);
+    let (image, root_hash) = BusyboxImage::with_verity();
+    // Sockets cannot live on 9p: /run is a tmpfs inside L1.
+    let dir = tempfile::tempdir_in("/run").unwrap();
+    let mut vm = PodVm::start(dir.path(), &host_data);
+    let client = vm.connect(Duration::from_secs(900)).await;
+    println!(
+        "pod VM: spawn -> agent's first answer {:.1?}",
+        vm.spawned.elapsed()
+    );
+
+    // A policy whose digest is not HOST_DATA is refused; the one that matches is taken.
+    let mut set = agent::SetPolicyRequest::new();
+    set.policy = ALLOW_ALL.into();
+    let (code, msg) = status_of(client.agent.set_policy(ctx(), &set).await);
+    assert_eq!(code, ttrpc::Code::PERMISSION_DENIED, "{msg}");
+    set.policy = policy.clone();
+    client.agent.set_policy(ctx(), &set).await.unwrap();
+    let details = client
+        .agent
+        .get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
+        .await
+        .unwrap();
+    assert!(details.agent_details.init_daemon, "the agent is not PID 1");
+
+    // The layer arrives after boot, as the shim adds containers.
+    vm.disks[0].swap(&image.image).expect("swap the layer in");
+
+    let create = create_request("hello", "/dev/vda", &["echo", "hello"]);
+    let before_create = Instant::now();
+    start_container(&client, &create).await;
+    assert_eq!(read_all(&client, "hello", "hello", false).await, "hello\n");
+    println!(
+        "pod VM: create+start -> container output {:.1?}; spawn -> container output {:.1?}",
+        before_create.elapsed(),
+        vm.spawned.elapsed()
+    );
+    assert_eq!(wait_status(&client, "hello", "hello").await, 0);
+    remove_container(&client, "hello").await;
+
+    start_container(
+        &client,
+        &create_request("seven", "/dev/vda", &["sh", "-c", "exit 7"]),
+    )
+    .await;
+    assert_eq!(wait_status(&client, "seven", "seven").await, 7);
+    remove_container(&client, "seven").await;
+
+    // A second process in a running container; the policy's one denial.
+    start_container(
+        &client,
+        &create_request("long", "/dev/vda", &["sleep", "600"]),
+    )
+    .await;
+    let exec = exec_request(
+        "long",
+        "second",
+        &["sh", "-c", "echo second process in $(hostname)"],
+    );
+    client.agent.exec_process(ctx(), &exec).await.unwrap();
+    assert_eq!(
+        read_all(&client, "long", "second", false).await,
+        "second process in veil-test\n"
+    );
+    assert_eq!(wait_status(&client, "long", "second").await, 0);
+    let (code, msg) = status_of(
+        client
+            .agent
+            .exec_process(ctx(), &exec_request("long", "denied", &["id"]))
+            .await,
+    );
+    assert_eq!(code, ttrpc::Code::PERMISSION_DENIED, "{msg}");
+    assert!(msg.contains("ExecProcessRequest"), "{msg}");
+    let mut kill = agent::SignalProcessRequest::new();
+    kill.container_id = "long".into();
+    kill.exec_id = "long".into();
+    kill.signal = libc::SIGKILL as u32;
+    client.agent.signal_process(ctx(), &kill).await.unwrap();
+    assert_eq!(
+        wait_status(&client, "long", "long").await,
+        128 + libc::SIGKILL
+    );
+    remove_container(&client, "long").await;
+
+    // The same layer through dm-verity; a wrong root hash is refused.
+    let verity = |hash: &str| {
+        vec![
+            format!("verity.root_hash={hash}"),
+            format!("verity.hash_offset={VERITY_HASH_OFFSET}"),
+        ]
+    };
+    let mut create = create_request("verified", "/dev/vda", &["cat", "/proc/mounts"]);
+    create.storages[0].driver_options = verity(&root_hash);
+    start_container(&client, &create).await;
+    let mounts = read_all(&client, "verified", "verified", false).await;
+    assert!(mounts.starts_with("overlay / overlay"), "{mounts}");
+    remove_container(&client, "verified").await;
+    let wrong = format!(
+        "{}{}",
+        if root_hash.starts_with('0') { "1" } else { "0" },
+        &root_hash[1..]
+    );
+    let mut create = create_request("unverified", "/dev/vda", &["true"]);
+    create.storages[0].driver_options = verity(&wrong);
+    let (code, msg) = status_of(client.agent.create_container(ctx(), &create).await);
+    assert_eq!(code, ttrpc::Code::PERMISSION_DENIED, "{msg}");
+
+    // DestroySandbox powers the guest off: the VM ends cleanly and leaves nothing behind.
+    client
+        .agent
+        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
+        .await
+        .unwrap();
+    let outcome = vm.wait(Duration::from_secs(300));
+    assert!(
+        outcome.exit.is_clean(),
+        "{}; console:\n{}",
+        outcome.exit,
+        vm.console.text()
+    );
+    assert!(!vm.uds.exists(), "the vsock socket outlived the VM");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "files left in the VM's directory: {left:?}"
+    );
+}
