@@ -320,4 +320,47 @@ async fn pod_scenario() {
         left.is_empty(),
         "files left in the VM's directory: {left:?}"
     );
+
+    vm_gone_under_a_waiting_client(&policy, &host_data, &image.image).await;
+}
+
+/// The VM going away (the VMM stopped, or the guest's PID 1 dying, which panics the kernel)
+/// while a client waits on a process: the wait ends with an error, not a hang.
+async fn vm_gone_under_a_waiting_client(policy: &str, host_data: &str, layer: &Path) {
+    let dir = tempfile::tempdir_in("/run").unwrap();
+    let mut vm = PodVm::start(dir.path(), host_data);
+    let client = vm.connect(Duration::from_secs(900)).await;
+    let mut set = agent::SetPolicyRequest::new();
+    set.policy = policy.into();
+    client.agent.set_policy(ctx(), &set).await.unwrap();
+    vm.disks[0].swap(layer).expect("swap the layer in");
+    start_container(
+        &client,
+        &create_request("waited", "/dev/vda", &["sleep", "600"]),
+    )
+    .await;
+    let waiter = {
+        let agent = client.agent.clone();
+        tokio::spawn(async move {
+            let mut wait = agent::WaitProcessRequest::new();
+            wait.container_id = "waited".into();
+            wait.exec_id = "waited".into();
+            agent.wait_process(ctx(), &wait).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the wait returned while the process ran"
+    );
+    vm.stop.stop();
+    let outcome = vm.wait(Duration::from_secs(60));
+    assert_eq!(outcome.exit, veil_vmm::VmExit::StopRequested);
+    let waited = tokio::time::timeout(Duration::from_secs(60), waiter)
+        .await
+        .expect("the client's wait hung after the VM was gone")
+        .unwrap();
+    let err = waited.expect_err("a wait answered by a VM that is gone");
+    println!("client's error once the VM was gone: {err}");
+    assert!(!vm.uds.exists(), "the vsock socket outlived the VM");
 }
