@@ -1,0 +1,87 @@
+//! Building a manifest from the images on disk.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{
+    sha256_hex, IgvmRecipe, Image, LaunchDigestEntry, Manifest, ManifestError, FORMAT, VCPU_COUNTS,
+    VCPU_TYPES,
+};
+use crate::cpu_types::signature_of;
+use crate::igvm::load_igvm;
+
+/// What `veil guest manifest` is given.
+#[derive(Clone, Debug)]
+pub struct ManifestInput {
+    /// The directory the manifest is written to; image files are named relative to it.
+    pub dir: PathBuf,
+    /// (name, file relative to `dir`).
+    pub images: Vec<(String, String)>,
+    pub inputs: BTreeMap<String, String>,
+    pub recipe: IgvmRecipe,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ManifestError> {
+    std::fs::read(path).map_err(|source| ManifestError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Hashes the images and measures the IGVM for every vCPU count and type.
+pub fn build_manifest(input: &ManifestInput) -> Result<Manifest, ManifestError> {
+    let mut images = BTreeMap::new();
+    for (name, file) in &input.images {
+        let bytes = read(&input.dir.join(file))?;
+        images.insert(
+            name.clone(),
+            Image {
+                file: file.clone(),
+                sha256: sha256_hex(&bytes),
+            },
+        );
+    }
+    for needed in [
+        &input.recipe.image,
+        &input.recipe.kernel,
+        &input.recipe.initrd,
+    ] {
+        if !images.contains_key(needed) {
+            return Err(ManifestError::MissingImage(match needed {
+                n if *n == input.recipe.image => "the IGVM",
+                n if *n == input.recipe.kernel => "the kernel",
+                _ => "the initrd",
+            }));
+        }
+    }
+    let igvm_path = input.dir.join(&images[&input.recipe.image].file);
+    let plan = load_igvm(&read(&igvm_path)?).map_err(|source| ManifestError::Measure {
+        path: igvm_path.clone(),
+        source,
+    })?;
+    let mut launch_digests = Vec::new();
+    for vcpu_type in VCPU_TYPES {
+        let sig = signature_of(vcpu_type)?;
+        for vcpus in VCPU_COUNTS {
+            let digest =
+                plan.launch_digest(vcpus, sig)
+                    .map_err(|source| ManifestError::Measure {
+                        path: igvm_path.clone(),
+                        source,
+                    })?;
+            launch_digests.push(LaunchDigestEntry {
+                vcpus,
+                vcpu_type: vcpu_type.to_string(),
+                vcpu_sig: format!("{sig:#010x}"),
+                measurement: crate::hex::encode(&digest),
+            });
+        }
+    }
+    Ok(Manifest {
+        format: FORMAT.to_string(),
+        inputs: input.inputs.clone(),
+        images,
+        igvm: input.recipe.clone(),
+        launch_digests,
+    })
+}
