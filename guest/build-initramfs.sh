@@ -109,6 +109,9 @@ target_dir=$(cd "$repo_root" && cargo metadata --format-version 1 --no-deps --of
 [[ -n $target_dir ]] || target_dir=$repo_root/target
 cargo_home=$(readlink -f "${CARGO_HOME:-$HOME/.cargo}")
 rustflags="-C target-feature=+crt-static --remap-path-prefix=$cargo_home=/cargo"
+# A CARGO_HOME whose registry is a link to another one (check-reproducible.sh does that).
+registry=$(readlink -f "$cargo_home/registry")
+[[ $registry == "$cargo_home/registry" ]] || rustflags+=" --remap-path-prefix=$registry=/cargo/registry"
 rustflags+=" --remap-path-prefix=$repo_root=/veil --remap-path-prefix=$(readlink -f "$target_dir")=/veil/target"
 echo "build-initramfs: building static veil-agent (release, $TARGET, $rustc_version)" >&2
 (

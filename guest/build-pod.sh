@@ -14,6 +14,7 @@
 #   target/guest-pod/pod.igvm            the SNP launch image
 #   target/guest-pod/manifest.json       the manifest
 # Check a directory against its manifest: veil guest verify-manifest DIR/manifest.json
+# Environment: SOURCE_DATE_EPOCH (default 0), VEIL (a veil binary to use instead of building one).
 set -euo pipefail
 
 # What the IGVM measures besides the images: the command line (with the one virtio device an
@@ -51,9 +52,14 @@ target_dir=$(cd "$repo_root" && cargo metadata --format-version 1 --no-deps --of
 agent=$target_dir/x86_64-unknown-linux-gnu/release/veil-agent
 [[ -x $agent ]] || die "no agent at $agent after build-initramfs.sh"
 
-echo "build-pod: building the veil tool" >&2
-(cd "$repo_root" && cargo build --locked --quiet -p veil-vmm --bin veil >&2)
-veil=$target_dir/debug/veil
+# The tool only writes the IGVM and the manifest; VEIL=path uses an existing one.
+if [[ -n ${VEIL:-} ]]; then
+    veil=$VEIL
+else
+    echo "build-pod: building the veil tool" >&2
+    (cd "$repo_root" && cargo build --locked --quiet -p veil-vmm --bin veil >&2)
+    veil=$target_dir/debug/veil
+fi
 [[ -x $veil ]] || die "no veil binary at $veil"
 
 mkdir -p "$out"

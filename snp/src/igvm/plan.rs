@@ -478,6 +478,37 @@ impl LaunchPlan {
         vcpus: u32,
         vcpu_signature: u32,
     ) -> Result<[u8; DIGEST_SIZE], IgvmError> {
+        Ok(self.finish_digest(self.pages_digest()?, vcpus, vcpu_signature)?)
+    }
+
+    /// The launch digests for several (vCPUs, signature) configurations: the pages are
+    /// measured once, only the VMSAs differ.
+    pub fn launch_digests(
+        &self,
+        configs: &[(u32, u32)],
+    ) -> Result<Vec<[u8; DIGEST_SIZE]>, IgvmError> {
+        let pages = self.pages_digest()?;
+        configs
+            .iter()
+            .map(|&(vcpus, sig)| Ok(self.finish_digest(pages.clone(), vcpus, sig)?))
+            .collect()
+    }
+
+    /// Adds the vCPUs' VMSAs to the digest of the pages.
+    fn finish_digest(
+        &self,
+        mut ld: LaunchDigest,
+        vcpus: u32,
+        vcpu_signature: u32,
+    ) -> Result<[u8; DIGEST_SIZE], DigestError> {
+        for vmsa in self.vcpu_vmsas(vcpus.max(1), vcpu_signature) {
+            ld.update_vmsa(&vmsa.to_page())?;
+        }
+        Ok(ld.bytes())
+    }
+
+    /// The digest after every page, before the VMSAs.
+    fn pages_digest(&self) -> Result<LaunchDigest, IgvmError> {
         let mut ld = LaunchDigest::new();
         // Consecutive NORMAL pages are measured as one range so they hash in parallel.
         let mut run: Option<(u64, Vec<u8>)> = None;
@@ -508,9 +539,6 @@ impl LaunchPlan {
         if let Some((start, data)) = run.take() {
             ld.update_normal(start, &data)?;
         }
-        for vmsa in self.vcpu_vmsas(vcpus.max(1), vcpu_signature) {
-            ld.update_vmsa(&vmsa.to_page())?;
-        }
-        Ok(ld.bytes())
+        Ok(ld)
     }
 }

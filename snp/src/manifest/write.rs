@@ -59,24 +59,27 @@ pub fn build_manifest(input: &ManifestInput) -> Result<Manifest, ManifestError> 
         path: igvm_path.clone(),
         source,
     })?;
-    let mut launch_digests = Vec::new();
+    let mut configs = Vec::new();
     for vcpu_type in VCPU_TYPES {
         let sig = signature_of(vcpu_type)?;
-        for vcpus in VCPU_COUNTS {
-            let digest =
-                plan.launch_digest(vcpus, sig)
-                    .map_err(|source| ManifestError::Measure {
-                        path: igvm_path.clone(),
-                        source,
-                    })?;
-            launch_digests.push(LaunchDigestEntry {
-                vcpus,
-                vcpu_type: vcpu_type.to_string(),
-                vcpu_sig: format!("{sig:#010x}"),
-                measurement: crate::hex::encode(&digest),
-            });
-        }
+        configs.extend(VCPU_COUNTS.map(|vcpus| (vcpu_type, vcpus, sig)));
     }
+    let digests = plan
+        .launch_digests(&configs.iter().map(|&(_, n, s)| (n, s)).collect::<Vec<_>>())
+        .map_err(|source| ManifestError::Measure {
+            path: igvm_path.clone(),
+            source,
+        })?;
+    let launch_digests = configs
+        .iter()
+        .zip(digests)
+        .map(|(&(vcpu_type, vcpus, sig), digest)| LaunchDigestEntry {
+            vcpus,
+            vcpu_type: vcpu_type.to_string(),
+            vcpu_sig: format!("{sig:#010x}"),
+            measurement: crate::hex::encode(&digest),
+        })
+        .collect();
     Ok(Manifest {
         format: FORMAT.to_string(),
         inputs: input.inputs.clone(),
