@@ -114,7 +114,7 @@ else
     printf '%s' "$DEFAULT_POLICY" >"$policy"
 fi
 host_data=$(sha256sum <"$policy" | cut -d' ' -f1)
-nonce=${given_nonce:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+nonce=${given_nonce:-$(head -c 32 /dev/urandom | od -An -v -tx1 | tr -d ' \n')}
 
 # 3. Get a report: from the agent in an SNP guest (or the model's launch, or a host agent).
 report=$work/report.bin
@@ -129,7 +129,7 @@ if [[ -n $given_report ]]; then
         fail report "cannot read $given_report"
     fi
 elif [[ -n $agent_unix ]]; then
-    if src=$("$attest" --unix "$agent_unix" --report-data "$nonce" -o "$report" 2>&1); then
+    if src=$("$attest" --unix "$agent_unix" --report-data "$nonce" --wait 30 -o "$report" 2>&1); then
         pass report "fetched from the agent at $agent_unix (backend $src)"
         got_report=1
     else
@@ -176,11 +176,11 @@ fi
 
 # 4. Check the report.
 field() { # hex of LEN bytes at OFFSET of the report
-    od -An -tx1 -j "$1" -N "$2" "$report" | tr -d ' \n'
+    od -An -v -tx1 -j "$1" -N "$2" "$report" | tr -d ' \n'
 }
 le_u64() { # a little-endian u64 at OFFSET, as 0x...
     local hex
-    hex=$(od -An -tx1 -j "$1" -N 8 "$report" | tr -d '\n' | awk '{for (i = NF; i > 0; i--) printf "%s", $i}')
+    hex=$(od -An -v -tx1 -j "$1" -N 8 "$report" | tr -d '\n' | awk '{for (i = NF; i > 0; i--) printf "%s", $i}')
     printf '%#x' "$((16#$hex))"
 }
 if ((got_report)); then
@@ -197,7 +197,7 @@ if ((got_report)); then
     fi
     if [[ -z ${key_args+set} ]]; then
         chip=$(field 0x1a0 64)
-        tcb=$(od -An -tu1 -j 0x180 -N 8 "$report" | awk '{printf "blSPL=%d&teeSPL=%d&snpSPL=%d&ucodeSPL=%d", $1, $2, $7, $8}')
+        tcb=$(od -An -v -tu1 -j 0x180 -N 8 "$report" | awk '{printf "blSPL=%d&teeSPL=%d&snpSPL=%d&ucodeSPL=%d", $1, $2, $7, $8}')
         fail signature "no VCEK given (--vcek FILE); AMD's KDS serves this chip's: https://kdsintf.amd.com/vcek/v1/{Milan,Genoa,Turin}/$chip?$tcb"
     elif out=$("$veil" report verify --report "$report" "${key_args[@]}" 2>&1); then
         pass signature "$what"
