@@ -35,7 +35,6 @@ for arg in "$@"; do
     *) die "unknown argument '$arg' (usage: guest/check-reproducible.sh [--rebuild-kernel])" ;;
     esac
 done
-command -v git >/dev/null || die "git not found (the copy for build B lists the checkout's files with it)"
 
 echo "check-reproducible: build A in $repo_root" >&2
 manifest_a=$("$guest_dir/build-pod.sh")
@@ -49,8 +48,13 @@ trap 'rm -rf "$work"' EXIT
 chmod 0755 "$work"
 b_src=$work/src
 mkdir -p "$b_src" "$work/tmp" "$work/home" "$work/cargo"
-(cd "$repo_root" && git ls-files -z -co --exclude-standard) |
-    (cd "$repo_root" && tar --null -T - -cf -) | tar -xf - -C "$b_src"
+if git -C "$repo_root" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    (cd "$repo_root" && git ls-files -z -co --exclude-standard) |
+        (cd "$repo_root" && tar --null -T - -cf -) | tar -xf - -C "$b_src"
+else
+    # Not a git checkout (an exported tree): everything but the build output.
+    (cd "$repo_root" && tar --exclude=./target -cf - .) | tar -xf - -C "$b_src"
+fi
 # The toolchain and the crates Cargo.lock names, from this machine (no network here).
 cargo_home=$(readlink -f "${CARGO_HOME:-$HOME/.cargo}")
 rustup_home=$(readlink -f "${RUSTUP_HOME:-$HOME/.rustup}")
