@@ -338,3 +338,43 @@ fn project_kernel_embeds_its_config_so_a_config_line_changes_the_digest() {
         "{bad:?}"
     );
 }
+
+#[test]
+fn bad_manifest_arguments_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic_pod(dir.path());
+    let out_file = dir.path().join("m.json");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "guest",
+            "manifest",
+            "-o",
+            out_file.to_str().unwrap(),
+            "--cmdline",
+            CMDLINE,
+            "--mem-mib",
+            "32",
+        ];
+        args.extend_from_slice(extra);
+        veil(&args)
+    };
+    assert_refused(
+        &run(&["--image", "vmlinux"]),
+        &["\"vmlinux\" is not NAME=FILE"],
+    );
+    assert_refused(
+        &run(&["--image", "vmlinux=vmlinux", "--input", "rustc"]),
+        &["\"rustc\" is not KEY=VALUE"],
+    );
+    assert_refused(
+        &run(&[
+            "--image",
+            "vmlinux=vmlinux",
+            "--image",
+            "initramfs=initramfs.cpio.gz",
+        ]),
+        &["IGVM image \"igvm\" is not among the images given"],
+    );
+    assert_refused(&run(&["--image", "igvm=missing.igvm"]), &["missing.igvm"]);
+    assert!(!out_file.exists(), "nothing written for refused input");
+}

@@ -52,10 +52,8 @@ pub enum ManifestError {
     BadImageSpec(String),
     #[error("input {0:?} is not KEY=VALUE")]
     BadInputSpec(String),
-    #[error("the manifest needs images named {0:?}")]
-    MissingImage(&'static str),
-    #[error("building the IGVM again from its kernel and initramfs: {0}")]
-    IgvmBuild(#[from] crate::igvm::BuildError),
+    #[error("the {role} image {name:?} is not among the images given")]
+    MissingImage { role: &'static str, name: String },
     #[error("measuring the IGVM {path}: {source}")]
     Measure {
         path: PathBuf,

@@ -41,17 +41,17 @@ pub fn build_manifest(input: &ManifestInput) -> Result<Manifest, ManifestError> 
             },
         );
     }
-    for needed in [
-        &input.recipe.image,
-        &input.recipe.kernel,
-        &input.recipe.initrd,
+    let recipe = &input.recipe;
+    for (role, name) in [
+        ("IGVM", &recipe.image),
+        ("kernel", &recipe.kernel),
+        ("initrd", &recipe.initrd),
     ] {
-        if !images.contains_key(needed) {
-            return Err(ManifestError::MissingImage(match needed {
-                n if *n == input.recipe.image => "the IGVM",
-                n if *n == input.recipe.kernel => "the kernel",
-                _ => "the initrd",
-            }));
+        if !images.contains_key(name) {
+            return Err(ManifestError::MissingImage {
+                role,
+                name: name.clone(),
+            });
         }
     }
     let igvm_path = input.dir.join(&images[&input.recipe.image].file);
