@@ -147,7 +147,9 @@ kmake() {
 
 echo "build-kernel: configuring (tinyconfig + $fragment)" >&2
 kmake tinyconfig
-run "$src/scripts/kconfig/merge_config.sh" -m -O "$obj" "$obj/.config" "$fragment"
+# merge_config.sh makes its temporary files in the current directory: use the object tree,
+# not whatever directory the caller is in (which may not be writable).
+(cd "$obj" && run "$src/scripts/kconfig/merge_config.sh" -m -O "$obj" "$obj/.config" "$fragment")
 kmake olddefconfig
 
 # Every value the fragment sets must be in the final config: Kconfig drops an option

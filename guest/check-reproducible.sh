@@ -69,7 +69,7 @@ install -m 0755 "$veil" "$work/veil"
 # Build B's environment: nothing inherited but what is set here. As root, the toolchain and
 # the registry are bind-mounted into $work (nobody cannot enter root's home); otherwise used
 # where they are.
-b_build="umask 077 && exec $b_src/guest/build-pod.sh"
+b_build="umask 077 && cd $b_src && exec $b_src/guest/build-pod.sh"
 b_env() { # $1: cargo bin dir, $2: RUSTUP_HOME
     echo env -i "PATH=$1:/usr/sbin:/usr/bin:/sbin:/bin" "HOME=$work/home" "TMPDIR=$work/tmp" \
         "CARGO_HOME=$work/cargo" CARGO_NET_OFFLINE=true "RUSTUP_HOME=$2" "VEIL=$work/veil" LANG=C.UTF-8
