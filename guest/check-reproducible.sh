@@ -44,7 +44,19 @@ target_a=$(cd "$repo_root" && cargo metadata --format-version 1 --no-deps --offl
 veil=$target_a/debug/veil
 
 work=$(mktemp -d /var/tmp/veil-repro.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+# The bind mounts below exist only in build B's private mount namespace and end with it; never
+# delete through one that somehow outlived it (it would be the toolchain or the registry).
+remove_work() {
+    local m
+    for m in cargo-bin rustup cargo/registry; do
+        if mountpoint -q "$work/$m"; then
+            echo "check-reproducible: not removing $work: $work/$m is still a mount" >&2
+            return
+        fi
+    done
+    rm -rf "$work"
+}
+trap remove_work EXIT
 chmod 0755 "$work"
 b_src=$work/src
 mkdir -p "$b_src" "$work/tmp" "$work/home" "$work/cargo"
