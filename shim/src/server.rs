@@ -19,6 +19,8 @@ use crate::service::TaskService;
 /// The task service names of containerd 1.6/1.7 (v2) and 2.x (v3): the same messages.
 const TASK_V2: &str = "containerd.task.v2.Task";
 const TASK_V3: &str = "containerd.task.v3.Task";
+/// Time the last reply gets to leave before the server closes.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,11 @@ pub enum ServeError {
 }
 
 pub async fn serve(flags: &Flags) -> Result<(), ServeError> {
+    // The `start` action's Command reset SIGPIPE to its default (kill) for this process; a
+    // log write after containerd closed the log fifo must fail with EPIPE, not end the shim
+    // before it has cleaned up.
+    // SAFETY: installing SIG_IGN has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     crate::logging::init(flags.debug);
     let config_path = std::env::var_os(CONFIG_PATH_ENV).map(std::path::PathBuf::from);
     let config = Config::load(config_path.as_deref())?;
@@ -57,7 +64,8 @@ pub async fn serve(flags: &Flags) -> Result<(), ServeError> {
             })?;
     let events = Events::new(publisher, flags.namespace.clone());
     let shutdown = Arc::new(tokio::sync::Notify::new());
-    let service = TaskService::new(config, events, shutdown.clone());
+    let socket = std::path::PathBuf::from(flags.socket.trim_start_matches("unix://"));
+    let service = TaskService::new(config, events, shutdown.clone(), socket.clone());
     let task: Arc<dyn containerd_shim_protos::shim_async::Task + Send + Sync> =
         Arc::new(service.clone());
     let mut services = create_task(task.clone());
@@ -77,10 +85,13 @@ pub async fn serve(flags: &Flags) -> Result<(), ServeError> {
         _ = term.recv() => tracing::warn!("SIGTERM: ending the sandbox"),
         _ = int.recv() => tracing::warn!("SIGINT: ending the sandbox"),
     }
+    // No new connection can reach a shim that is going away; containerd does not reconnect.
+    let _ = std::fs::remove_file(&socket);
     service.teardown().await;
-    // Give the Shutdown reply a moment to leave before the connections close.
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let _ = server.shutdown().await;
-    let _ = std::fs::remove_file(flags.socket.trim_start_matches("unix://"));
+    // Give the Shutdown reply a moment to leave before the connections close; a connection
+    // that does not close does not keep the shim.
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE * 50, server.shutdown()).await;
+    tracing::info!("shim server stopped");
     Ok(())
 }

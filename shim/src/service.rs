@@ -68,10 +68,18 @@ struct Inner {
     pod: Mutex<Pod>,
     /// Signalled when containerd asked the shim to shut down with nothing left to run.
     shutdown: Arc<tokio::sync::Notify>,
+    /// The server's socket, removed before the Shutdown reply: containerd may end the shim
+    /// as soon as it has that reply.
+    socket: PathBuf,
 }
 
 impl TaskService {
-    pub fn new(config: Config, events: Events, shutdown: Arc<tokio::sync::Notify>) -> Self {
+    pub fn new(
+        config: Config,
+        events: Events,
+        shutdown: Arc<tokio::sync::Notify>,
+        socket: PathBuf,
+    ) -> Self {
         let images = ImageCache::new(config.image_cache_dir.clone(), config.verity());
         Self {
             inner: Arc::new(Inner {
@@ -80,6 +88,7 @@ impl TaskService {
                 images,
                 pod: Mutex::new(Pod::default()),
                 shutdown,
+                socket,
             }),
         }
     }
@@ -133,7 +142,9 @@ impl Inner {
         tokio::spawn(async move {
             let mut death = watched.death();
             if let Ok(reason) = death.wait_for(Option::is_some).await {
-                tracing::error!(reason = ?reason.clone(), "sandbox died; tasks exit with status {SANDBOX_DIED_STATUS}");
+                if !watched.ending() {
+                    tracing::error!(reason = ?reason.clone(), "sandbox died; its tasks exit with status {SANDBOX_DIED_STATUS}");
+                }
             }
             watched.destroy().await;
         });
@@ -696,6 +707,7 @@ impl Task for TaskService {
         if let Some(s) = pod.sandbox.take() {
             s.destroy().await;
         }
+        let _ = std::fs::remove_file(&this.socket);
         this.shutdown.notify_one();
         Ok(Empty::new())
     }

@@ -81,6 +81,8 @@ pub trait Sandbox: Send + Sync {
     async fn detach(&self, id: &str);
     /// `Some(reason)` once the VMM or agent is gone.
     fn death(&self) -> watch::Receiver<Option<String>>;
+    /// Whether `destroy` has begun (a death after that is the shim's doing, not a fault).
+    fn ending(&self) -> bool;
     /// Stops everything and removes every host resource the sandbox made. Idempotent.
     async fn destroy(&self);
 }

@@ -33,6 +33,7 @@ pub struct ProcessSandbox {
     loops: Mutex<HashMap<String, String>>,
     death: watch::Receiver<Option<String>>,
     destroyed: tokio::sync::Mutex<bool>,
+    ending: std::sync::atomic::AtomicBool,
 }
 
 impl ProcessSandbox {
@@ -115,6 +116,7 @@ impl ProcessSandbox {
             loops: Mutex::new(HashMap::new()),
             death,
             destroyed: tokio::sync::Mutex::new(false),
+            ending: std::sync::atomic::AtomicBool::new(false),
         };
         Ok(Arc::new(sandbox))
     }
@@ -175,12 +177,17 @@ impl Sandbox for ProcessSandbox {
         self.death.clone()
     }
 
+    fn ending(&self) -> bool {
+        self.ending.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     async fn destroy(&self) {
         let mut destroyed = self.destroyed.lock().await;
         if *destroyed {
             return;
         }
         *destroyed = true;
+        self.ending.store(true, std::sync::atomic::Ordering::SeqCst);
         let loops: Vec<String> = self
             .loops
             .lock()

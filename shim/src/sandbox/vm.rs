@@ -170,6 +170,7 @@ pub struct VmSandbox {
     slots: Mutex<Vec<(DiskHandle, Option<String>)>>,
     death: watch::Receiver<Option<String>>,
     destroyed: tokio::sync::Mutex<bool>,
+    ending: std::sync::atomic::AtomicBool,
 }
 
 impl VmSandbox {
@@ -250,6 +251,7 @@ impl VmSandbox {
             slots: Mutex::new(slots),
             death,
             destroyed: tokio::sync::Mutex::new(false),
+            ending: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 }
@@ -296,12 +298,17 @@ impl Sandbox for VmSandbox {
         self.death.clone()
     }
 
+    fn ending(&self) -> bool {
+        self.ending.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     async fn destroy(&self) {
         let mut destroyed = self.destroyed.lock().await;
         if *destroyed {
             return;
         }
         *destroyed = true;
+        self.ending.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut death = self.death.clone();
         if death.borrow().is_none() {
             // The agent ends the VM after DestroySandbox; stop it ourselves if it does not.
