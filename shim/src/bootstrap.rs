@@ -109,7 +109,7 @@ pub fn start(flags: &Flags) -> Result<(), BootstrapError> {
     let record = BundleRecord {
         sandbox_id: grouping.clone(),
         socket: socket.clone(),
-        sandbox_dir: config.state_dir.join(&grouping),
+        sandbox_dir: crate::sandbox::sandbox_dir(&config.state_dir, &grouping),
         kind: config.sandbox,
     };
     std::fs::write(

@@ -122,7 +122,7 @@ impl Inner {
             .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e))?;
         let spec = SandboxSpec {
             id,
-            dir: self.config.state_dir.join(id),
+            dir: sandbox::sandbox_dir(&self.config.state_dir, id),
             config: &self.config,
             init: InitData::new(settings.policy),
             vcpus: settings.vcpus.unwrap_or(self.config.vm.vcpus),
@@ -315,7 +315,7 @@ impl Task for TaskService {
         let sandbox = this
             .sandbox_for(&mut pod, &req.id, &annotations, &hostname)
             .await?;
-        let scratch = this.config.state_dir.join(&pod.sandbox_id).join("build");
+        let scratch = sandbox::sandbox_dir(&this.config.state_dir, &pod.sandbox_id).join("build");
         let created = this
             .create_container(&sandbox, &req, &oci_spec, &scratch)
             .await;

@@ -54,6 +54,18 @@ pub enum SandboxError {
     Full(u32),
 }
 
+/// The per-sandbox directory under `state_dir`: named by a digest of the id, because CRI ids
+/// are 64 characters and the sockets inside must fit a Unix socket path (108 bytes).
+pub fn sandbox_dir(state_dir: &Path, id: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let digest: String = Sha256::digest(id.as_bytes())
+        .iter()
+        .take(10)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    state_dir.join(digest)
+}
+
 /// What makes a sandbox and what it is asked to run.
 pub struct SandboxSpec<'a> {
     pub id: &'a str,
@@ -95,6 +107,8 @@ pub async fn start(spec: SandboxSpec<'_>) -> Result<Arc<dyn Sandbox>, SandboxErr
         path: spec.dir.clone(),
         source,
     })?;
+    // Says whose directory this is, for people reading the state directory.
+    let _ = std::fs::write(spec.dir.join("sandbox-id"), spec.id);
     let result = match spec.config.sandbox {
         SandboxKind::Process => ProcessSandbox::start(&spec).await,
         SandboxKind::Vm => VmSandbox::start(&spec).await,
@@ -200,4 +214,17 @@ pub fn create_dir(path: &Path, what: &'static str) -> Result<(), SandboxError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_dirs_are_short_and_distinct() {
+        let a = sandbox_dir(Path::new("/run/veil-shim"), &"a".repeat(64));
+        let b = sandbox_dir(Path::new("/run/veil-shim"), &"b".repeat(64));
+        assert_ne!(a, b);
+        assert_eq!(a.file_name().unwrap().len(), 20);
+    }
 }
