@@ -87,7 +87,7 @@ pub struct VmSection {
 }
 
 /// `[process]`: how process sandboxes are built.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessSection {
     /// The `veil-agent` binary (found next to the shim, then on PATH, when unset).
@@ -122,12 +122,6 @@ impl Default for VmSection {
             igvm: None,
             snp_policy: None,
         }
-    }
-}
-
-impl Default for ProcessSection {
-    fn default() -> Self {
-        Self { agent: None }
     }
 }
 
