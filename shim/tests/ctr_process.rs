@@ -65,6 +65,27 @@ fn exec_runs_a_second_process_and_kill_stops_the_first() {
     assert_eq!(exec.status.code(), Some(3), "{}", describe(&exec));
     assert_eq!(stdout_of(&exec), "from exec\n");
 
+    // Stats (cgroup v2 metrics from the agent) and the process list reach ctr.
+    let metrics = c
+        .ctr_cmd(NAMESPACE)
+        .args(["task", "metrics", "long1"])
+        .output()
+        .unwrap();
+    assert!(metrics.status.success(), "{}", describe(&metrics));
+    assert!(
+        stdout_of(&metrics).contains("pids.current"),
+        "{}",
+        describe(&metrics)
+    );
+    let ps = c
+        .ctr_cmd(NAMESPACE)
+        .args(["task", "ps", "long1"])
+        .output()
+        .unwrap();
+    assert!(ps.status.success(), "{}", describe(&ps));
+    let list = c.ctr_cmd(NAMESPACE).args(["task", "ls"]).output().unwrap();
+    assert!(stdout_of(&list).contains("RUNNING"), "{}", describe(&list));
+
     let kill = c
         .ctr_cmd(NAMESPACE)
         .args(["task", "kill", "long1"])
