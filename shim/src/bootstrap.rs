@@ -30,6 +30,10 @@ pub const LISTENER_FD: i32 = 3;
 const MAX_STDIN: u64 = 10 << 20;
 /// Record in each bundle that the `delete` action reads.
 const BUNDLE_RECORD: &str = "veil-shim.json";
+/// The shim server's pid, in the bundle of the container that started it.
+pub const PID_FILE: &str = "shim.pid";
+/// Connection attempts before a shim server counts as alive.
+const LIVENESS_PROBES: u32 = 5;
 /// Exit status `delete` reports for a task whose shim died (128 + SIGKILL, as runc's shim).
 const DEAD_SHIM_STATUS: u32 = 137;
 
@@ -245,6 +249,33 @@ pub fn inherited_listener(socket: &str) -> Result<UnixListener, BootstrapError> 
     UnixListener::bind(path).map_err(io(format!("binding {path}")))
 }
 
+/// Whether the shim server of a bundle still runs. containerd calls `delete` as soon as the
+/// connection drops, which can be while the killed server is still exiting and its
+/// listening socket still accepts: so a dying or zombie pid counts as dead, and a socket must
+/// keep accepting over a short while to count as alive.
+fn shim_alive(bundle: &Path, socket: &str) -> bool {
+    if let Some(pid) = std::fs::read_to_string(bundle.join(PID_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if matches!(state, None | Some('Z') | Some('X')) {
+            return false;
+        }
+    }
+    for _ in 0..LIVENESS_PROBES {
+        if UnixStream::connect(socket).is_err() {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    true
+}
+
 /// `delete`: called by containerd for a task whose shim is gone (or whose create failed).
 /// Removes what the dead shim left when this container was its pod's sandbox, and reports
 /// the task as killed.
@@ -256,7 +287,7 @@ pub fn delete(flags: &Flags) -> Result<(), BootstrapError> {
     };
     if let Ok(text) = std::fs::read(bundle.join(BUNDLE_RECORD)) {
         if let Ok(record) = serde_json::from_slice::<BundleRecord>(&text) {
-            let shim_alive = UnixStream::connect(&record.socket).is_ok();
+            let shim_alive = shim_alive(&bundle, &record.socket);
             if !shim_alive && record.sandbox_id == flags.id {
                 match record.kind {
                     SandboxKind::Process => crate::sandbox::teardown_process_records(

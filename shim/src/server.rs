@@ -49,6 +49,8 @@ pub async fn serve(flags: &Flags) -> Result<(), ServeError> {
     // SAFETY: installing SIG_IGN has no memory-safety preconditions.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     crate::logging::init(flags.debug);
+    // For the `delete` action's liveness check (the working directory is the bundle).
+    let _ = std::fs::write(crate::bootstrap::PID_FILE, std::process::id().to_string());
     let config_path = std::env::var_os(CONFIG_PATH_ENV).map(std::path::PathBuf::from);
     let config = Config::load(config_path.as_deref())?;
     tracing::info!(id = %flags.id, namespace = %flags.namespace, sandbox = ?config.sandbox, "shim server starting");

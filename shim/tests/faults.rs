@@ -51,3 +51,25 @@ fn a_vm_sandbox_without_its_kernel_fails_create_naming_the_file() {
     assert_eq!(stdout_of(&out), "");
     c.assert_clean(&["nokernel"]);
 }
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_containerds_delete_call() {
+    require_host!();
+    let c = Containerd::start();
+    let mut run = c.spawn_ctr_run(
+        "shimdies",
+        &["sh", "-c", "echo ready; while :; do sleep 1; done"],
+        false,
+    );
+    let _rest = read_until_line(&mut run, "ready");
+    let shims = c.our_processes("containerd-shim-veil-v2");
+    assert_eq!(shims.len(), 1, "one shim server: {shims:?}");
+    // SAFETY: kill(2) on the shim server our test's containerd started.
+    assert_eq!(unsafe { libc::kill(shims[0], libc::SIGKILL) }, 0);
+    // ctr's wait fails with the connection; containerd sees the shim go and runs the shim
+    // binary's `delete` action, which ends the agent and its containers from the records on
+    // disk.
+    let status = run.wait().unwrap();
+    assert!(!status.success(), "{status}");
+    c.assert_clean(&["shimdies"]);
+}
