@@ -7,6 +7,8 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use super::{Containerd, IMAGE};
+
 pub type Client = RuntimeServiceClient<Channel>;
 
 /// Connects to containerd's CRI service on `socket`.
@@ -126,4 +128,70 @@ pub async fn remove_pod(client: &mut Client, pod_id: &str) {
 /// The log file CRI writes a container's output to.
 pub fn log_file(log_dir: &Path, name: &str) -> PathBuf {
     log_dir.join(format!("{name}.log"))
+}
+
+/// A host-network pod of two containers with runtime handler `veil`: one sandbox (one shim,
+/// and `host_agents` agent processes on the host: 1 for a process sandbox, 0 for a VM), exec
+/// into both, status, output in CRI's log files; stop and remove leave nothing behind.
+pub async fn two_containers_share_one_pod_sandbox(c: &Containerd, host_agents: usize) {
+    let mut client = connect(&c.address).await;
+    let logs = c.dir.path().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod = pod_config("veilpod", &logs);
+    let pod_id = run_pod(&mut client, &pod, "veil").await;
+
+    let mut ids = Vec::new();
+    for name in ["first", "second"] {
+        let id = start_container(
+            &mut client,
+            &pod_id,
+            &pod,
+            name,
+            IMAGE,
+            &["sh", "-c", "echo up; while :; do sleep 1; done"],
+        )
+        .await;
+        let exec = client
+            .exec_sync(ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["sh".into(), "-c".into(), format!("echo hi from {name}")],
+                timeout: 0,
+            })
+            .await
+            .expect("ExecSync")
+            .into_inner();
+        assert_eq!(exec.exit_code, 0, "{exec:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&exec.stdout),
+            format!("hi from {name}\n")
+        );
+        let status = client
+            .container_status(ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .expect("a status");
+        assert_eq!(
+            status.state,
+            ContainerState::ContainerRunning as i32,
+            "{status:?}"
+        );
+        ids.push(id);
+    }
+    // One shim server and one agent serve the whole pod.
+    assert_eq!(c.our_processes("containerd-shim-veil-v2").len(), 1);
+    assert_eq!(c.our_processes("veil-agent").len(), host_agents);
+    assert!(c.shim_socket("k8s.io", &pod_id).exists());
+    // The containers' output reached CRI's log files.
+    for name in ["first", "second"] {
+        let log = std::fs::read_to_string(log_file(&logs, name)).unwrap_or_default();
+        assert!(log.contains("stdout F up"), "{name}: {log:?}");
+    }
+
+    remove_pod(&mut client, &pod_id).await;
+    c.assert_clean(&[&pod_id]);
 }

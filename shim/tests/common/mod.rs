@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cri;
+pub mod ctr;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
