@@ -29,6 +29,10 @@ pub struct Plan {
     pub digest_mib: usize,
     /// `veil run --igvm ... --snp-firmware model` launches timed.
     pub snp_launches: usize,
+    /// Rounds of pod VM boots inside one L1 (each boots veil and QEMU once), and the time
+    /// after which no further boot starts there.
+    pub nested_rounds: usize,
+    pub nested_budget: Duration,
 }
 
 impl Plan {
@@ -48,6 +52,8 @@ impl Plan {
             digest_rounds: 3,
             digest_mib: 32,
             snp_launches: 3,
+            nested_rounds: 2,
+            nested_budget: Duration::from_secs(240),
         }
     }
 
@@ -67,6 +73,8 @@ impl Plan {
             digest_rounds: 5,
             digest_mib: 128,
             snp_launches: 7,
+            nested_rounds: 7,
+            nested_budget: Duration::from_secs(2400),
         }
     }
 }
@@ -81,6 +89,8 @@ pub struct Bench {
     pub idle_guest: PathBuf,
     /// The project's guest kernel (may be missing).
     pub vmlinux: PathBuf,
+    /// The project's guest initramfs, `veil-agent` as PID 1 (may be missing).
+    pub initramfs: PathBuf,
     pub cores: usize,
     pub plan: Plan,
 }

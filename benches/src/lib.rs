@@ -10,6 +10,7 @@ pub mod guest_report;
 pub mod launch;
 pub mod machine;
 pub mod model_launch;
+pub mod nested;
 pub mod openssl_speed;
 pub mod proc_mem;
 pub mod pvh_elf;
