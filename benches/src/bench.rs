@@ -53,7 +53,7 @@ impl Plan {
             digest_mib: 32,
             snp_launches: 3,
             nested_rounds: 2,
-            nested_budget: Duration::from_secs(240),
+            nested_budget: Duration::from_secs(150),
         }
     }
 
@@ -74,7 +74,7 @@ impl Plan {
             digest_mib: 128,
             snp_launches: 7,
             nested_rounds: 7,
-            nested_budget: Duration::from_secs(2400),
+            nested_budget: Duration::from_secs(1800),
         }
     }
 }

@@ -34,10 +34,12 @@ const FIRST_LINE_LIMIT: Duration = Duration::from_secs(90);
 const AGENT_LIMIT: Duration = Duration::from_secs(240);
 const CONTAINER_LIMIT: Duration = Duration::from_secs(120);
 const EXIT_LIMIT: Duration = Duration::from_secs(60);
+/// The kernel's line as it starts the initramfs's init (the agent).
+const INIT_LINE: &str = "Run /init as init process";
 /// Between attempts to reach the agent.
 const POLL: Duration = Duration::from_millis(100);
 /// Per connection attempt and per request.
-const CALL_LIMIT: Duration = Duration::from_secs(20);
+const CALL_LIMIT: Duration = Duration::from_secs(10);
 const VHOST_SOCKET_LIMIT: Duration = Duration::from_secs(30);
 /// The worst one run can take.
 pub const RUN_LIMIT: Duration = Duration::from_secs(90 + 240 + 120 + 60 + 30);
@@ -156,10 +158,16 @@ pub struct InnerResult {
     pub elapsed_s: f64,
 }
 
-/// The kernel command line, the same under both VMMs.
-pub fn cmdline(host_data: &str) -> String {
+/// The kernel command line, the same under both VMMs but for how the guest restarts (the
+/// agent ends the VM with a restart): veil stops on the i8042 reset (`reboot=k`), QEMU microvm
+/// has no i8042 and stops on a triple fault under `-no-reboot` (`reboot=t`).
+pub fn cmdline(vmm: NestedVmm, host_data: &str) -> String {
+    let reboot = match vmm {
+        NestedVmm::Veil => "reboot=k,panic_warm",
+        NestedVmm::Qemu => "reboot=t",
+    };
     format!(
-        "console=ttyS0 earlyprintk=serial,ttyS0 reboot=k,panic_warm panic=-1 \
+        "console=ttyS0 earlyprintk=serial,ttyS0 {reboot} panic=-1 \
          VEIL_ATTESTATION=insecure VEIL_INSECURE_HOST_DATA={host_data} RUST_LOG=warn"
     )
 }
@@ -266,7 +274,6 @@ pub fn inner_main(plan_path: &Path) -> Result<(), NestedError> {
     let disk = work.path().join("layer.ext4");
     std::fs::copy(&plan.disk, &disk).map_err(io("cannot copy", &plan.disk))?;
     let host_data = sha256_hex(ALLOW_ALL);
-    let cmdline = cmdline(&host_data);
     let budget = Duration::from_secs(plan.budget_secs);
     let mut result = InnerResult::default();
     let runs = plan.rounds * 2;
@@ -282,6 +289,7 @@ pub fn inner_main(plan_path: &Path) -> Result<(), NestedError> {
             vmm: Some(vmm),
             ..RunRecord::default()
         };
+        let cmdline = cmdline(vmm, &host_data);
         if let Err(e) = one_run(&runtime, &plan, vmm, &disk, &dir, &cmdline, &mut record) {
             record.error = Some(e.to_string());
         }
@@ -345,6 +353,10 @@ fn one_run(
     let mut vm = Launched::spawn(command)?;
     let line = vm.wait_for_line(LINUX_VERSION, FIRST_LINE_LIMIT)?;
     record.first_line_ms = Some(ms_between(vm.spawned_at, line));
+    // The agent is not tried before the kernel starts init, under either VMM:
+    // vhost-device-vsock can stop answering connections made before the guest's vsock driver
+    // is up.
+    vm.wait_for_line(INIT_LINE, AGENT_LIMIT)?;
     let pod = runtime.block_on(pod(&mut vm, &uds, record));
     if let Err(e) = pod {
         let console = vm.remaining_lines(Duration::from_millis(200));
@@ -543,7 +555,8 @@ mod tests {
         assert!(veil.windows(2).any(|w| w == ["--mem-mib", "512"]));
         assert!(qemu.windows(2).any(|w| w == ["-kernel", "/k/vmlinux"]));
         assert!(qemu.windows(2).any(|w| w == ["-initrd", "/k/initrd"]));
-        assert!(qemu.windows(2).any(|w| w == ["-append", line.as_str()]));
+        assert!(qemu.windows(2).any(|w| w == ["-append", qline.as_str()]));
+        assert_eq!(line.replace("reboot=k,panic_warm", "reboot=t"), qline);
         assert!(qemu.windows(2).any(|w| w == ["-smp", "2"]));
         assert!(qemu.windows(2).any(|w| w == ["-m", "512M"]));
         assert!(qemu.windows(2).any(|w| w == ["-accel", "kvm"]));
