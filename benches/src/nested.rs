@@ -534,7 +534,8 @@ mod tests {
     #[test]
     fn both_vmms_boot_the_same_guest_and_shape() {
         let p = plan();
-        let line = cmdline("ab");
+        let line = cmdline(NestedVmm::Veil, "ab");
+        let qline = cmdline(NestedVmm::Qemu, "ab");
         let veil = args(&veil_command(
             &p,
             Path::new("/r/l"),
@@ -545,7 +546,7 @@ mod tests {
             &p,
             Path::new("/r/l"),
             Path::new("/r/h"),
-            &line,
+            &qline,
         ));
         assert!(veil.windows(2).any(|w| w == ["--kernel", "/k/vmlinux"]));
         assert!(veil.windows(2).any(|w| w == ["--initrd", "/k/initrd"]));

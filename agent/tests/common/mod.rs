@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 
 use veil_agent::client::AgentClient;
 use veil_agent::protocols::agent;
+// Not every test file uses every builder.
+#[allow(unused_imports)]
 pub use veil_agent::testing::{create_request, process, read_req, sha256_hex, ALLOW_ALL};
 
 /// Why this host cannot run the container tests, if it cannot.

@@ -171,8 +171,11 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// The three measures: (label, the sample in a run).
-const MEASURES: [(&str, fn(&RunRecord) -> Option<f64>); 3] = [
+/// A measure: its label, and its sample in a run.
+type Measure = (&'static str, fn(&RunRecord) -> Option<f64>);
+
+/// The three measures.
+const MEASURES: [Measure; 3] = [
     ("spawn -> kernel's first line", |r| r.first_line_ms),
     ("spawn -> agent's first answer", |r| r.agent_ms),
     ("spawn -> container's first output byte", |r| r.output_ms),
