@@ -6,6 +6,7 @@
 //! - [`policy`] and [`attestation`]: the Rego policy gate bound to HOST_DATA.
 //! - [`container`]: containers from OCI specs.
 //! - [`service`] and [`transport`]: the ttrpc server.
+//! - [`testing`]: request builders shared by the integration tests and the benchmarks.
 pub mod attestation;
 pub mod client;
 pub mod container;
@@ -14,4 +15,5 @@ pub mod logging;
 pub mod policy;
 pub mod protocols;
 pub mod service;
+pub mod testing;
 pub mod transport;

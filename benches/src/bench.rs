@@ -31,6 +31,10 @@ pub struct Plan {
     pub snp_launches: usize,
     /// Interleaved rounds of CRI pod starts (each round starts one pod per runtime).
     pub pod_rounds: usize,
+    /// Rounds of pod VM boots inside one L1 (each boots veil and QEMU once), and the time
+    /// after which no further boot starts there.
+    pub nested_rounds: usize,
+    pub nested_budget: Duration,
 }
 
 impl Plan {
@@ -51,6 +55,8 @@ impl Plan {
             digest_mib: 32,
             snp_launches: 3,
             pod_rounds: 3,
+            nested_rounds: 2,
+            nested_budget: Duration::from_secs(150),
         }
     }
 
@@ -71,6 +77,8 @@ impl Plan {
             digest_mib: 128,
             snp_launches: 7,
             pod_rounds: 15,
+            nested_rounds: 7,
+            nested_budget: Duration::from_secs(1800),
         }
     }
 }
@@ -85,6 +93,8 @@ pub struct Bench {
     pub idle_guest: PathBuf,
     /// The project's guest kernel (may be missing).
     pub vmlinux: PathBuf,
+    /// The project's guest initramfs, `veil-agent` as PID 1 (may be missing).
+    pub initramfs: PathBuf,
     pub cores: usize,
     pub plan: Plan,
 }

@@ -177,6 +177,11 @@ impl Launched {
         }
     }
 
+    /// Reaps the process if it has exited, without waiting.
+    pub fn try_wait(&mut self) -> Result<Option<Ended>, LaunchError> {
+        self.try_reap()
+    }
+
     fn try_reap(&mut self) -> Result<Option<Ended>, LaunchError> {
         self.wait4(libc::WNOHANG)
     }

@@ -10,6 +10,7 @@ pub mod guest_report;
 pub mod launch;
 pub mod machine;
 pub mod model_launch;
+pub mod nested;
 pub mod openssl_speed;
 pub mod pod;
 pub mod proc_mem;

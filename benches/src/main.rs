@@ -40,6 +40,13 @@ struct Args {
     /// The guest kernel for the Linux boot section [default: <workspace>/target/guest-kernel/vmlinux].
     #[arg(long, value_name = "PATH")]
     vmlinux: Option<PathBuf>,
+    /// The guest initramfs for the nested section
+    /// [default: <workspace>/target/guest-initramfs/initramfs.cpio.gz].
+    #[arg(long, value_name = "PATH")]
+    initramfs: Option<PathBuf>,
+    /// Internal: the nested section's measurements, run inside L1 from the plan in this file.
+    #[arg(long, value_name = "PLAN", hide = true)]
+    nested_inner: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +154,9 @@ fn run(args: Args) -> Result<PathBuf, MainError> {
         vmlinux: args
             .vmlinux
             .unwrap_or_else(|| target_dir().join("guest-kernel/vmlinux")),
+        initramfs: args
+            .initramfs
+            .unwrap_or_else(|| target_dir().join("guest-initramfs/initramfs.cpio.gz")),
         cores,
         plan: if args.quick {
             Plan::quick(cores)
@@ -211,7 +221,17 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
-    match run(Args::parse()) {
+    let args = Args::parse();
+    if let Some(plan) = &args.nested_inner {
+        return match veil_benches::nested::inner_main(plan) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("veil-benches: nested measurements: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(args) {
         Ok(path) => {
             eprintln!("veil-benches: wrote {}", path.display());
             ExitCode::SUCCESS

@@ -128,3 +128,60 @@ pub fn wait_bounded(mut child: Child, limit: Duration) -> Finished {
         wall: started.elapsed(),
     }
 }
+
+/// Writes a container root tree under `dir`: a static busybox (`/bin/busybox`) with the
+/// applet links containers in the tests run, and empty `proc`, `dev`, `tmp`, `etc`. Returns
+/// the tree's path (`dir/root`).
+pub fn busybox_root(dir: &Path) -> std::io::Result<PathBuf> {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("bin"))?;
+    for d in ["proc", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("/bin/busybox (apt-get install busybox-static): {e}"),
+        )
+    })?;
+    for applet in [
+        "sh", "echo", "cat", "sleep", "hostname", "id", "ls", "true", "stty",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    Ok(root)
+}
+
+/// Size of the image [`busybox_ext4`] writes.
+pub const BUSYBOX_EXT4_BYTES: u64 = 16 << 20;
+
+/// Writes [`busybox_root`]'s tree under `dir` and packs it into a 16 MiB ext4 image with 4 KiB
+/// blocks, `dir/rootfs.ext4` (no loop device, no root needed). Returns the image's path.
+pub fn busybox_ext4(dir: &Path) -> std::io::Result<PathBuf> {
+    let root = busybox_root(dir)?;
+    let image = dir.join("rootfs.ext4");
+    let out = Command::new("/usr/sbin/mkfs.ext4")
+        // 4 KiB blocks: a dm-verity device has 4 KiB logical blocks, and ext4 cannot use
+        // blocks smaller than its device's (mkfs picks 1 KiB for small images).
+        .args(["-q", "-F", "-b", "4096", "-d"])
+        .arg(&root)
+        .arg(&image)
+        .arg(format!("{}K", BUSYBOX_EXT4_BYTES >> 10))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("/usr/sbin/mkfs.ext4 (apt-get install e2fsprogs): {e}"),
+            )
+        })?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "mkfs.ext4 {} failed ({}): {}",
+            image.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(image)
+}

@@ -6,29 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use sha2::{Digest, Sha256};
 use veil_agent::client::AgentClient;
-use veil_agent::protocols::{agent, oci};
-
-/// A policy that allows every request the agent serves.
-pub const ALLOW_ALL: &str = r#"package agent_policy
-
-default CreateContainerRequest := true
-default StartContainerRequest := true
-default RemoveContainerRequest := true
-default ExecProcessRequest := true
-default SignalProcessRequest := true
-default WaitProcessRequest := true
-default StatsContainerRequest := true
-default WriteStreamRequest := true
-default ReadStreamRequest := true
-default CloseStdinRequest := true
-default TtyWinResizeRequest := true
-default CreateSandboxRequest := true
-default DestroySandboxRequest := true
-default GuestDetailsRequest := true
-default SetPolicyRequest := true
-"#;
+use veil_agent::protocols::agent;
+// Not every test file uses every builder.
+#[allow(unused_imports)]
+pub use veil_agent::testing::{create_request, process, read_req, sha256_hex, ALLOW_ALL};
 
 /// Why this host cannot run the container tests, if it cannot.
 pub fn missing_prerequisite() -> Option<String> {
@@ -60,15 +42,8 @@ macro_rules! require_host {
     };
 }
 
-pub fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Where `BusyboxImage::with_verity` puts the hash tree (the ext4 image is 16 MiB).
-pub const VERITY_HASH_OFFSET: u64 = 16 << 20;
+pub const VERITY_HASH_OFFSET: u64 = veil_tests::l2::BUSYBOX_EXT4_BYTES;
 
 /// An ext4 image with a static busybox and its applet links, attached read-only to a loop
 /// device; detached on drop.
@@ -94,7 +69,7 @@ impl BusyboxImage {
     /// The same tree packed with mkfs.erofs instead of ext4.
     pub fn erofs() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let root = populate(dir.path());
+        let root = veil_tests::l2::busybox_root(dir.path()).unwrap();
         let image = dir.path().join("rootfs.erofs");
         run(Command::new("/usr/bin/mkfs.erofs").arg(&image).arg(&root));
         let device = attach(&image);
@@ -107,15 +82,7 @@ impl BusyboxImage {
 
     fn build(verity: bool) -> (Self, Option<String>) {
         let dir = tempfile::tempdir().unwrap();
-        let root = populate(dir.path());
-        let image = dir.path().join("rootfs.ext4");
-        run(Command::new("/usr/sbin/mkfs.ext4")
-            // 4 KiB blocks: a dm-verity device has 4 KiB logical blocks, and ext4 cannot use
-            // blocks smaller than its device's (mkfs picks 1 KiB for small images).
-            .args(["-q", "-F", "-b", "4096", "-d"])
-            .arg(&root)
-            .arg(&image)
-            .arg("16M"));
+        let image = veil_tests::l2::busybox_ext4(dir.path()).unwrap();
         let mut root_hash = None;
         if verity {
             let out = Command::new("/usr/sbin/veritysetup")
@@ -155,22 +122,6 @@ impl Drop for BusyboxImage {
             .args(["-d", &self.device])
             .status();
     }
-}
-
-/// Writes a root tree (static busybox and applet links) under `dir`; returns its path.
-fn populate(dir: &Path) -> PathBuf {
-    let root = dir.join("root");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    for d in ["proc", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "echo", "cat", "sleep", "hostname", "id", "ls", "true", "stty",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    root
 }
 
 /// Attaches `image` read-only to a free loop device.
@@ -302,54 +253,6 @@ pub fn status_of<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> (ttrpc::Code, Strin
         Err(ttrpc::Error::RpcStatus(s)) => (s.code(), s.message().to_string()),
         other => panic!("expected an RPC status error, got {other:?}"),
     }
-}
-
-pub fn process(args: &[&str]) -> oci::Process {
-    let mut p = oci::Process::new();
-    p.Args = args.iter().map(|s| s.to_string()).collect();
-    p.Env = vec!["PATH=/bin".into()];
-    p.Cwd = "/".into();
-    p
-}
-
-/// A CreateContainerRequest for `id` with its root on `device`.
-pub fn create_request(id: &str, device: &str, args: &[&str]) -> agent::CreateContainerRequest {
-    let root_path = format!("/run/kata-containers/{id}/rootfs");
-    let mut storage = agent::Storage::new();
-    storage.driver = "blk".into();
-    storage.source = device.into();
-    storage.fstype = "ext4".into();
-    storage.mount_point = root_path.clone();
-    let mut root = oci::Root::new();
-    root.Path = root_path;
-    let mut proc_mount = oci::Mount::new();
-    proc_mount.destination = "/proc".into();
-    proc_mount.type_ = "proc".into();
-    proc_mount.source = "proc".into();
-    let mut tmp_mount = oci::Mount::new();
-    tmp_mount.destination = "/tmp".into();
-    tmp_mount.type_ = "tmpfs".into();
-    tmp_mount.source = "tmpfs".into();
-    tmp_mount.options = vec!["nosuid".into(), "mode=1777".into()];
-    let mut spec = oci::Spec::new();
-    spec.Root = protobuf::MessageField::some(root);
-    spec.Process = protobuf::MessageField::some(process(args));
-    spec.Hostname = "veil-test".into();
-    spec.Mounts = vec![proc_mount, tmp_mount];
-    let mut req = agent::CreateContainerRequest::new();
-    req.container_id = id.into();
-    req.exec_id = id.into();
-    req.storages = vec![storage];
-    req.OCI = protobuf::MessageField::some(spec);
-    req
-}
-
-pub fn read_req(id: &str, exec_id: &str) -> agent::ReadStreamRequest {
-    let mut r = agent::ReadStreamRequest::new();
-    r.container_id = id.into();
-    r.exec_id = exec_id.into();
-    r.len = 4096;
-    r
 }
 
 /// Reads stdout (or stderr) until end of stream.

@@ -7,6 +7,7 @@ pub mod density;
 pub mod devices;
 pub mod kernel;
 pub mod memory;
+pub mod nested;
 pub mod pod_start;
 pub mod snp;
 
@@ -48,6 +49,10 @@ pub const ALL: &[Entry] = &[
     Entry {
         name: "snp",
         run: snp::run,
+    },
+    Entry {
+        name: "nested",
+        run: nested::run,
     },
     Entry {
         name: "pod-start",

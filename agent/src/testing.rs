@@ -1,0 +1,86 @@
+//! Requests a client builds to run a container from a block-device layer, and a policy that
+//! allows everything: shared by the agent's integration tests and the benchmark harness
+//! (`benches/`), which drive a real agent the same way.
+
+use sha2::{Digest, Sha256};
+
+use crate::protocols::{agent, oci};
+
+/// A policy that allows every request the agent serves.
+pub const ALLOW_ALL: &str = r#"package agent_policy
+
+default CreateContainerRequest := true
+default StartContainerRequest := true
+default RemoveContainerRequest := true
+default ExecProcessRequest := true
+default SignalProcessRequest := true
+default WaitProcessRequest := true
+default StatsContainerRequest := true
+default WriteStreamRequest := true
+default ReadStreamRequest := true
+default CloseStdinRequest := true
+default TtyWinResizeRequest := true
+default CreateSandboxRequest := true
+default DestroySandboxRequest := true
+default GuestDetailsRequest := true
+default SetPolicyRequest := true
+"#;
+
+/// The lowercase hex SHA-256 of `text`: the HOST_DATA a policy is bound to.
+pub fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An OCI process running `args` with `PATH=/bin` in `/`.
+pub fn process(args: &[&str]) -> oci::Process {
+    let mut p = oci::Process::new();
+    p.Args = args.iter().map(|s| s.to_string()).collect();
+    p.Env = vec!["PATH=/bin".into()];
+    p.Cwd = "/".into();
+    p
+}
+
+/// A CreateContainerRequest for `id` with its ext4 root on the block device `device`, `/proc`
+/// and a `/tmp` tmpfs mounted, and hostname `veil-test`.
+pub fn create_request(id: &str, device: &str, args: &[&str]) -> agent::CreateContainerRequest {
+    let root_path = format!("/run/kata-containers/{id}/rootfs");
+    let mut storage = agent::Storage::new();
+    storage.driver = "blk".into();
+    storage.source = device.into();
+    storage.fstype = "ext4".into();
+    storage.mount_point = root_path.clone();
+    let mut root = oci::Root::new();
+    root.Path = root_path;
+    let mut proc_mount = oci::Mount::new();
+    proc_mount.destination = "/proc".into();
+    proc_mount.type_ = "proc".into();
+    proc_mount.source = "proc".into();
+    let mut tmp_mount = oci::Mount::new();
+    tmp_mount.destination = "/tmp".into();
+    tmp_mount.type_ = "tmpfs".into();
+    tmp_mount.source = "tmpfs".into();
+    tmp_mount.options = vec!["nosuid".into(), "mode=1777".into()];
+    let mut spec = oci::Spec::new();
+    spec.Root = protobuf::MessageField::some(root);
+    spec.Process = protobuf::MessageField::some(process(args));
+    spec.Hostname = "veil-test".into();
+    spec.Mounts = vec![proc_mount, tmp_mount];
+    let mut req = agent::CreateContainerRequest::new();
+    req.container_id = id.into();
+    req.exec_id = id.into();
+    req.storages = vec![storage];
+    req.OCI = protobuf::MessageField::some(spec);
+    req
+}
+
+/// A request for up to 4 KiB of process `exec_id`'s output in container `id`.
+pub fn read_req(id: &str, exec_id: &str) -> agent::ReadStreamRequest {
+    let mut r = agent::ReadStreamRequest::new();
+    r.container_id = id.into();
+    r.exec_id = exec_id.into();
+    r.len = 4096;
+    r
+}

@@ -1,0 +1,310 @@
+//! The pod guest under a real KVM, inside one nested-KVM "L1" (see `crate::nested`): Veil
+//! against QEMU microvm, spawn -> kernel's first line, -> agent's first answer, -> container's
+//! first output byte.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use veil_tests::nested::{find_in_path, l1_image, shell_quote, L1Command};
+
+use crate::bench::{Bench, Failures};
+use crate::nested::{InnerPlan, InnerResult, NestedVmm, RunRecord, MEM_MIB, RUN_LIMIT, VCPUS};
+use crate::report::{Section, Status};
+use crate::stats::median_ratio;
+
+const TITLE: &str = "Nested KVM: the pod guest under veil and QEMU microvm inside one L1";
+
+/// The plan's name in the scratch directory.
+const PLAN_FILE: &str = "nested-plan.json";
+/// The inner run's result in the scratch directory.
+const RESULT_FILE: &str = "nested-result.json";
+
+/// L1's boot and shutdown, on top of the measurements' own budget.
+const L1_MARGIN: Duration = Duration::from_secs(240);
+
+/// Why the section cannot run here.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("{0}")]
+    Missing(String),
+    #[error("the nested harness: {0}")]
+    Nested(#[from] veil_tests::nested::NestedError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn required(path: &Path, how: &str) -> Result<PathBuf, SetupError> {
+    if path.is_file() {
+        Ok(path.to_owned())
+    } else {
+        Err(SetupError::Missing(format!(
+            "{} is missing ({how})",
+            path.display()
+        )))
+    }
+}
+
+/// vhost-device-vsock: on PATH, or where `cargo install` puts it (absolute, as L1's PATH lacks
+/// `~/.cargo/bin`).
+fn vhost_device_vsock() -> Result<PathBuf, SetupError> {
+    find_in_path("vhost-device-vsock")
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| Path::new(&h).join(".cargo/bin/vhost-device-vsock"))
+                .filter(|p| p.is_file())
+        })
+        .ok_or_else(|| {
+            SetupError::Missing(
+                "vhost-device-vsock missing (cargo install vhost-device-vsock): QEMU's vsock needs it"
+                    .into(),
+            )
+        })
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// What the L1 run gave back.
+struct Outcome {
+    result: Option<InnerResult>,
+    /// Why the inner run did not finish, if it did not.
+    problem: Option<String>,
+    l1_wall: Duration,
+    l1_kernel: String,
+    /// The end of what the inner run wrote on stderr.
+    stderr: String,
+}
+
+fn measure(b: &Bench) -> Result<Outcome, SetupError> {
+    if let Some(why) = veil_tests::nested::missing_prerequisite() {
+        return Err(SetupError::Missing(why));
+    }
+    let qemu = b.tools.qemu.clone().ok_or_else(|| {
+        SetupError::Missing("qemu-system-x86_64 missing (apt-get install qemu-system-x86)".into())
+    })?;
+    let vhost_vsock = vhost_device_vsock()?;
+    let veil = required(&b.tools.veil, "build it: cargo build --release -p veil-vmm")?;
+    let vmlinux = required(
+        &b.vmlinux,
+        "build it with guest/build-kernel.sh, or pass --vmlinux",
+    )?;
+    let initramfs = required(
+        &b.initramfs,
+        "build it with guest/build-initramfs.sh, or pass --initramfs",
+    )?;
+    let exe = std::env::current_exe().map_err(|source| SetupError::Io {
+        what: "the harness's own path".into(),
+        source,
+    })?;
+    let l1_kernel = l1_image()?.kernel_package;
+    let budget = b.plan.nested_budget;
+    // The command runs in the scratch directory, where the plan is written.
+    // The result comes back on stdout: the scratch directory goes with the finished command.
+    let script = format!(
+        "{} --nested-inner {PLAN_FILE}\nstatus=$?\ncat {RESULT_FILE} 2>/dev/null\nexit $status\n",
+        shell_quote(&absolute(&exe).to_string_lossy())
+    );
+    let command = L1Command::new(script)?;
+    let scratch = command.scratch().to_owned();
+    let disk = veil_tests::l2::busybox_ext4(&scratch).map_err(|source| SetupError::Io {
+        what: "the busybox layer image".into(),
+        source,
+    })?;
+    let out = scratch.join(RESULT_FILE);
+    let plan = InnerPlan {
+        veil: absolute(&veil),
+        qemu: absolute(&qemu),
+        vhost_vsock: absolute(&vhost_vsock),
+        vmlinux: absolute(&vmlinux),
+        initramfs: absolute(&initramfs),
+        disk,
+        rounds: b.plan.nested_rounds,
+        budget_secs: budget.as_secs(),
+        out: out.clone(),
+    };
+    let plan_path = scratch.join(PLAN_FILE);
+    let json = serde_json::to_string_pretty(&plan).expect("the plan serialises");
+    std::fs::write(&plan_path, json).map_err(|source| SetupError::Io {
+        what: format!("writing {}", plan_path.display()),
+        source,
+    })?;
+    let ran = command.timeout(budget + RUN_LIMIT + L1_MARGIN).run();
+    let result = ran
+        .as_ref()
+        .ok()
+        .and_then(|o| serde_json::from_str::<InnerResult>(&o.stdout).ok());
+    let stderr = ran
+        .as_ref()
+        .map(|o| tail(&o.stderr, 12))
+        .unwrap_or_default();
+    let (problem, l1_wall) = match ran {
+        Ok(o) if o.status == 0 => (None, o.wall),
+        Ok(o) => (
+            Some(format!(
+                "the measurements in L1 exited {}: {}",
+                o.status,
+                tail(&o.stderr, 12)
+            )),
+            o.wall,
+        ),
+        Err(e) => (
+            Some(format!("L1: {}", tail(&e.to_string(), 20))),
+            Duration::ZERO,
+        ),
+    };
+    Ok(Outcome {
+        result,
+        problem,
+        l1_wall,
+        l1_kernel,
+        stderr,
+    })
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.trim().lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A measure: its label, and its sample in a run.
+type Measure = (&'static str, fn(&RunRecord) -> Option<f64>);
+
+/// The three measures.
+const MEASURES: [Measure; 3] = [
+    ("spawn -> kernel's first line", |r| r.first_line_ms),
+    ("spawn -> agent's first answer", |r| r.agent_ms),
+    ("spawn -> container's first output byte", |r| r.output_ms),
+];
+
+/// Figures and ratios from the inner run's records; fails the section when a figure is
+/// missing for either VMM.
+pub fn report(section: &mut Section, result: &InnerResult) {
+    let mut failures = Failures::default();
+    for r in &result.runs {
+        if let (Some(vmm), Some(e)) = (r.vmm, &r.error) {
+            failures.add(vmm.name(), e);
+        }
+    }
+    for (label, get) in MEASURES {
+        let mut summaries = Vec::new();
+        for vmm in [NestedVmm::Veil, NestedVmm::Qemu] {
+            let samples: Vec<f64> = result
+                .runs
+                .iter()
+                .filter(|r| r.vmm == Some(vmm))
+                .filter_map(get)
+                .collect();
+            let s = section.figure(format!("{}: {label}", vmm.name()), "ms", &samples);
+            if s.is_none() {
+                section.fail(format!("no {} run measured {label}", vmm.name()));
+            }
+            summaries.push(s);
+        }
+        section.ratio(
+            format!("veil/qemu, {label} (medians)"),
+            median_ratio(summaries[0].as_ref(), summaries[1].as_ref()),
+            None,
+        );
+    }
+    for n in failures.notes() {
+        section.note(n);
+    }
+    if result.rounds_skipped > 0 {
+        section.note(format!(
+            "{} round(s) not run: the time budget in L1 ran out",
+            result.rounds_skipped
+        ));
+    }
+}
+
+pub fn run(b: &Bench) -> Section {
+    let mut section = Section::new(TITLE);
+    let outcome = match measure(b) {
+        Ok(o) => o,
+        Err(e) => return Section::not_run(TITLE, Status::Failed(e.to_string())),
+    };
+    if let Some(problem) = &outcome.problem {
+        section.fail(problem.clone());
+    }
+    match &outcome.result {
+        Some(result) => {
+            report(&mut section, result);
+            section.note(format!(
+                "{} runs in one L1 ({}, QEMU TCG with nested SVM, {:.0} s wall of which {:.0} s \
+                 measuring), interleaved veil, qemu, qemu, veil, ...; {VCPUS} vCPUs, {MEM_MIB} MiB, \
+                 project kernel + initramfs, busybox ext4 layer as a read-only virtio-blk disk",
+                result.runs.len(),
+                outcome.l1_kernel,
+                outcome.l1_wall.as_secs_f64(),
+                result.elapsed_s
+            ));
+        }
+        None => section.fail(format!(
+            "the measurements in L1 wrote no result; their stderr ends:\n{}",
+            outcome.stderr
+        )),
+    }
+    section.note(
+        "everything in L1 is emulated: only the veil/qemu ratios mean anything, not the times",
+    );
+    section
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(vmm: NestedVmm, base: f64) -> RunRecord {
+        RunRecord {
+            vmm: Some(vmm),
+            first_line_ms: Some(base),
+            agent_ms: Some(base * 10.0),
+            output_ms: Some(base * 20.0),
+            exit_status: Some(0),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn figures_and_ratios_of_medians() {
+        let result = InnerResult {
+            runs: vec![
+                record(NestedVmm::Veil, 1.0),
+                record(NestedVmm::Qemu, 2.0),
+                record(NestedVmm::Qemu, 4.0),
+                record(NestedVmm::Veil, 3.0),
+            ],
+            rounds_skipped: 0,
+            elapsed_s: 1.0,
+        };
+        let mut s = Section::new("t");
+        report(&mut s, &result);
+        assert_eq!(s.status, Status::Ran);
+        assert_eq!(s.figures.len(), 6);
+        assert_eq!(s.ratios.len(), 3);
+        assert!(s.ratios.iter().all(|r| (r.value - 2.0 / 3.0).abs() < 1e-9));
+    }
+
+    #[test]
+    fn a_vmm_without_samples_fails_the_section() {
+        let mut bad = record(NestedVmm::Qemu, 2.0);
+        bad.output_ms = None;
+        bad.error = Some("no container output".into());
+        let result = InnerResult {
+            runs: vec![record(NestedVmm::Veil, 1.0), bad],
+            rounds_skipped: 1,
+            elapsed_s: 1.0,
+        };
+        let mut s = Section::new("t");
+        report(&mut s, &result);
+        assert!(matches!(&s.status, Status::Failed(w) if w.contains("qemu")));
+        assert_eq!(s.ratios.len(), 2);
+        assert!(s.notes.iter().any(|n| n.contains("no container output")));
+        assert!(s.notes.iter().any(|n| n.contains("1 round(s) not run")));
+    }
+}
