@@ -63,8 +63,8 @@ fn ioctl(requests: &[u64]) -> Result<Entry> {
 
 /// What every Rust thread of the VMM needs to live and die: the allocator, locks, signal
 /// delivery, clocks, logging, thread exit.
-fn runtime() -> Vec<Entry> {
-    vec![
+fn runtime() -> Result<Vec<Entry>> {
+    Ok(vec![
         // The allocator (glibc malloc: heap growth, arenas, trimming).
         any(libc::SYS_brk),
         any(libc::SYS_mmap),
@@ -89,8 +89,15 @@ fn runtime() -> Vec<Entry> {
         any(libc::SYS_nanosleep),
         // tracing and panic messages to stderr; eventfd writes (interrupts, wake-ups).
         any(libc::SYS_write),
-        // Dropping fds (eventfds, cloned handles).
+        // Dropping fds (eventfds, cloned handles); debug builds of std check the fd with
+        // F_GETFD before closing it.
         any(libc::SYS_close),
+        arg_in(
+            libc::SYS_fcntl,
+            1,
+            SeccompCmpArgLen::Dword,
+            &[libc::F_GETFD as u64],
+        )?,
         // HashMap's RandomState keys, first use on a thread.
         any(libc::SYS_getrandom),
         // The kernel restarting an interrupted call.
@@ -98,13 +105,13 @@ fn runtime() -> Vec<Entry> {
         // std's thread-id / pid queries (thread naming, tracing).
         any(libc::SYS_gettid),
         any(libc::SYS_getpid),
-    ]
+    ])
 }
 
 /// vCPU threads: KVM_RUN and the exits it returns.
 pub fn vcpu() -> Result<Vec<Entry>> {
     use ioctls::*;
-    let mut list = runtime();
+    let mut list = runtime()?;
     list.extend([
         ioctl(&[
             // The run loop.
@@ -128,9 +135,11 @@ pub fn vcpu() -> Result<Vec<Entry>> {
 
 /// The device event loop: epoll, eventfds, virtio-blk file I/O, vsock Unix sockets, stdin.
 pub fn event_loop() -> Result<Vec<Entry>> {
-    let mut list = runtime();
+    let mut list = runtime()?;
     list.extend([
-        // event-manager's loop and (de)registration of connections.
+        // event-manager: its epoll instance (created on this thread), its loop and
+        // (de)registration of connections.
+        any(libc::SYS_epoll_create1),
         any(libc::SYS_epoll_wait),
         any(libc::SYS_epoll_pwait),
         any(libc::SYS_epoll_ctl),
@@ -186,7 +195,7 @@ pub fn event_loop() -> Result<Vec<Entry>> {
 /// The `veil` main thread once the VM runs (waits, stops and joins the vCPUs, tears the VM
 /// down, writes the metrics file and the report) and the signal-watching thread.
 pub fn main_thread() -> Result<Vec<Entry>> {
-    let mut list = runtime();
+    let mut list = runtime()?;
     list.extend([
         // The signal thread: sigwait for SIGINT/SIGTERM/SIGHUP.
         any(libc::SYS_rt_sigtimedwait),
