@@ -453,9 +453,7 @@ fn stop_on_signals(stop: crate::StopHandle, filtered: bool) -> Result<(), CliErr
 mod signals {
     use std::sync::atomic::{AtomicI32, Ordering};
 
-    use seccompiler::BpfProgram;
-
-    use crate::seccomp::{self, SeccompError, ThreadKind};
+    use crate::seccomp::{self, SeccompError, ThreadFilter, ThreadKind};
 
     static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
@@ -492,7 +490,7 @@ mod signals {
     /// thread installs it (the main thread's) before this returns.
     pub fn watch(
         on_signal: impl Fn() + Send + 'static,
-        filter: Option<BpfProgram>,
+        filter: Option<ThreadFilter>,
     ) -> Result<(), WatchError> {
         let set = termination_set();
         // SAFETY: `set` is a valid, initialised signal set.

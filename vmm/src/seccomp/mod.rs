@@ -59,8 +59,20 @@ pub enum SeccompError {
     },
 }
 
-/// The compiled BPF program for one kind of thread.
-pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+/// The compiled filter for one kind of thread: its allow list (anything else kills the
+/// process) and, for the vCPU and event-loop threads, a second program that makes `open` and
+/// `openat` fail with EACCES. The allow list lets those through to the second program on
+/// purpose: glibc's malloc opens `/proc/sys/vm/overcommit_memory` once, the first time it
+/// shrinks a thread arena's heap, and copes with the failure; killing the VMM for that would
+/// make any free() a hazard. A compromised thread still cannot open anything. (With stacked
+/// filters the kernel takes the strictest verdict: ERRNO over ALLOW, KILL over both.)
+#[derive(Debug, Clone)]
+pub struct ThreadFilter {
+    programs: Vec<BpfProgram>,
+}
+
+/// Builds the filter for one kind of thread.
+pub fn filter(kind: ThreadKind) -> Result<ThreadFilter, SeccompError> {
     let build = |source| SeccompError::Build { kind, source };
     let list = match kind {
         ThreadKind::Vcpu => allowlist::vcpu(),
@@ -68,6 +80,27 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         ThreadKind::Main => allowlist::main_thread(),
     }
     .map_err(build)?;
+    let mut programs =
+        vec![compile(list, SeccompAction::KillProcess, SeccompAction::Allow).map_err(build)?];
+    if kind != ThreadKind::Main {
+        let opens = vec![(libc::SYS_open, Vec::new()), (libc::SYS_openat, Vec::new())];
+        programs.push(
+            compile(
+                opens,
+                SeccompAction::Allow,
+                SeccompAction::Errno(libc::EACCES as u32),
+            )
+            .map_err(build)?,
+        );
+    }
+    Ok(ThreadFilter { programs })
+}
+
+fn compile(
+    list: Vec<allowlist::Entry>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, seccompiler::BackendError> {
     // An unconditional entry allows the call whatever its arguments; entries for the same
     // call with conditions are alternatives.
     let mut merged: BTreeMap<i64, Option<Vec<_>>> = BTreeMap::new();
@@ -83,23 +116,16 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         .into_iter()
         .map(|(nr, rules)| (nr, rules.unwrap_or_default()))
         .collect();
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(build)?;
-    filter.try_into().map_err(build)
+    SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)?.try_into()
 }
 
 /// The filters for every kind of thread, compiled once before any is installed, so that a
 /// bad list fails before a thread starts.
 #[derive(Debug, Clone)]
 pub struct Filters {
-    pub vcpu: BpfProgram,
-    pub event_loop: BpfProgram,
-    pub main: BpfProgram,
+    pub vcpu: ThreadFilter,
+    pub event_loop: ThreadFilter,
+    pub main: ThreadFilter,
 }
 
 impl Filters {
@@ -111,8 +137,8 @@ impl Filters {
         })
     }
 
-    /// The program for `kind`.
-    pub fn get(&self, kind: ThreadKind) -> &BpfProgram {
+    /// The filter for `kind`.
+    pub fn get(&self, kind: ThreadKind) -> &ThreadFilter {
         match kind {
             ThreadKind::Vcpu => &self.vcpu,
             ThreadKind::EventLoop => &self.event_loop,
@@ -121,10 +147,15 @@ impl Filters {
     }
 }
 
-/// Installs `program` (the filter for `kind`) on the calling thread, for good. Sets
+/// Installs `filter` (the one for `kind`) on the calling thread, for good. seccompiler sets
 /// `no_new_privs` on the thread first, as seccomp requires without CAP_SYS_ADMIN.
-pub fn apply(kind: ThreadKind, program: &BpfProgram) -> Result<(), SeccompError> {
-    seccompiler::apply_filter(program).map_err(|source| SeccompError::Install { kind, source })
+pub fn apply(kind: ThreadKind, filter: &ThreadFilter) -> Result<(), SeccompError> {
+    // The allow list last: installing a program calls prctl and seccomp, which it forbids.
+    for program in filter.programs.iter().rev() {
+        seccompiler::apply_filter(program)
+            .map_err(|source| SeccompError::Install { kind, source })?;
+    }
+    Ok(())
 }
 
 /// Builds and installs the filter for `kind` on the calling thread.
