@@ -135,16 +135,21 @@ obj=$build/obj
 mkdir -p "$obj"
 
 # Fixed build identity: the same inputs give the same `Linux version` line and image
-# (a reproducible image is what an SNP launch measurement is checked against).
+# (a reproducible image is what an SNP launch measurement is checked against). Locale and
+# time zone fixed too, for any tool that formats dates or sorts. Build paths do not reach
+# the image: Kbuild maps the source tree out of __FILE__ and the config has no debug info.
 export KBUILD_BUILD_USER=veil KBUILD_BUILD_HOST=veil KBUILD_BUILD_VERSION=1
 export KBUILD_BUILD_TIMESTAMP="1970-01-01 00:00:00 UTC"
+export LC_ALL=C TZ=UTC
 kmake() {
     run make -C "$src" O="$obj" "$@"
 }
 
 echo "build-kernel: configuring (tinyconfig + $fragment)" >&2
 kmake tinyconfig
-run "$src/scripts/kconfig/merge_config.sh" -m -O "$obj" "$obj/.config" "$fragment"
+# merge_config.sh makes its temporary files in the current directory: use the object tree,
+# not whatever directory the caller is in (which may not be writable).
+(cd "$obj" && run "$src/scripts/kconfig/merge_config.sh" -m -O "$obj" "$obj/.config" "$fragment")
 kmake olddefconfig
 
 # Every value the fragment sets must be in the final config: Kconfig drops an option

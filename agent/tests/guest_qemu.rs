@@ -198,37 +198,11 @@ async fn agent_as_init_runs_a_container_in_a_qemu_guest() {
     // dm-verity needs the disk exclusively: the plain mount must go first.
     remove_container(&client, id).await;
 
-    {
-        // The guest kernel has device-mapper: the layer is mounted through dm-verity.
-        let options = |hash: &str| {
-            vec![
-                format!("verity.root_hash={hash}"),
-                format!("verity.hash_offset={VERITY_HASH_OFFSET}"),
-            ]
-        };
-        let id = "verified";
-        let mut create = create_request(id, "/dev/vda", &["cat", "/proc/mounts"]);
-        create.storages[0].driver_options = options(&root_hash);
-        if let Err(e) = client.agent.create_container(ctx(), &create).await {
-            panic!("verity create: {e:?}; console:\n{}", console_text());
-        }
-        let mut start = agent::StartContainerRequest::new();
-        start.container_id = id.into();
-        client.agent.start_container(ctx(), &start).await.unwrap();
-        let mounts = read_all(&client, id, id, false).await;
-        assert!(mounts.starts_with("overlay / overlay"), "{mounts}");
-        remove_container(&client, id).await;
-
-        let wrong = format!(
-            "{}{}",
-            if root_hash.starts_with('0') { "1" } else { "0" },
-            &root_hash[1..]
-        );
-        let mut create = create_request("unverified", "/dev/vda", &["true"]);
-        create.storages[0].driver_options = options(&wrong);
-        let (code, msg) = status_of(client.agent.create_container(ctx(), &create).await);
-        assert_eq!(code, ttrpc::Code::PERMISSION_DENIED, "{msg}");
-    }
+    // The guest kernel has device-mapper: the layer is mounted through dm-verity.
+    check_verity_layer(&client, "/dev/vda", &root_hash, || {
+        format!("console:\n{}", console_text())
+    })
+    .await;
 
     client
         .agent

@@ -8,13 +8,6 @@ mod common;
 use common::*;
 use veil_agent::protocols::agent;
 
-fn verity_options(root_hash: &str) -> Vec<String> {
-    vec![
-        format!("verity.root_hash={root_hash}"),
-        format!("verity.hash_offset={VERITY_HASH_OFFSET}"),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layers_are_mounted_only_with_the_named_root_hash() {
     require_host!();
@@ -30,9 +23,7 @@ async fn layers_are_mounted_only_with_the_named_root_hash() {
     client.agent.set_policy(ctx(), &set).await.unwrap();
 
     // One flipped bit in the root hash: refused, and nothing is mounted or left behind.
-    let mut wrong = root_hash.clone().into_bytes();
-    wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
-    let wrong = String::from_utf8(wrong).unwrap();
+    let wrong = wrong_root_hash(&root_hash);
     let mut req = create_request("badhash", &image.device, &["true"]);
     req.storages[0].driver_options = verity_options(&wrong);
     let (code, msg) = status_of(client.agent.create_container(ctx(), &req).await);

@@ -7,15 +7,14 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use veil_agent::client::AgentClient;
 use veil_agent::protocols::agent;
 use veil_tests::nested::run_test_in_l1;
+use veil_tests::Capture;
 use veil_vmm::{BlockConfig, Console, KernelSource, Vm, VmConfig, VmOutcome, VsockConfig};
 
 /// Allows everything but exec'ing `id`: the request the test shows being denied.
@@ -25,25 +24,6 @@ fn pod_policy() -> String {
         "default ExecProcessRequest := false\n\
          ExecProcessRequest {\n    input.process.Args[0] != \"id\"\n}\n",
     )
-}
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
 }
 
 /// A pod VM run by the library on its own thread.
@@ -279,27 +259,10 @@ async fn pod_scenario() {
     remove_container(&client, "long").await;
 
     // The same layer through dm-verity; a wrong root hash is refused.
-    let verity = |hash: &str| {
-        vec![
-            format!("verity.root_hash={hash}"),
-            format!("verity.hash_offset={VERITY_HASH_OFFSET}"),
-        ]
-    };
-    let mut create = create_request("verified", "/dev/vda", &["cat", "/proc/mounts"]);
-    create.storages[0].driver_options = verity(&root_hash);
-    start_container(&client, &create).await;
-    let mounts = read_all(&client, "verified", "verified", false).await;
-    assert!(mounts.starts_with("overlay / overlay"), "{mounts}");
-    remove_container(&client, "verified").await;
-    let wrong = format!(
-        "{}{}",
-        if root_hash.starts_with('0') { "1" } else { "0" },
-        &root_hash[1..]
-    );
-    let mut create = create_request("unverified", "/dev/vda", &["true"]);
-    create.storages[0].driver_options = verity(&wrong);
-    let (code, msg) = status_of(client.agent.create_container(ctx(), &create).await);
-    assert_eq!(code, ttrpc::Code::PERMISSION_DENIED, "{msg}");
+    check_verity_layer(&client, "/dev/vda", &root_hash, || {
+        format!("console:\n{}", vm.console.text())
+    })
+    .await;
 
     // DestroySandbox powers the guest off: the VM ends cleanly and leaves nothing behind.
     client

@@ -29,6 +29,8 @@ pub struct Plan {
     pub digest_mib: usize,
     /// `veil run --igvm ... --snp-firmware model` launches timed.
     pub snp_launches: usize,
+    /// Interleaved rounds of CRI pod starts (each round starts one pod per runtime).
+    pub pod_rounds: usize,
 }
 
 impl Plan {
@@ -48,6 +50,7 @@ impl Plan {
             digest_rounds: 3,
             digest_mib: 32,
             snp_launches: 3,
+            pod_rounds: 3,
         }
     }
 
@@ -67,6 +70,7 @@ impl Plan {
             digest_rounds: 5,
             digest_mib: 128,
             snp_launches: 7,
+            pod_rounds: 15,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod launch;
 pub mod machine;
 pub mod model_launch;
 pub mod openssl_speed;
+pub mod pod;
 pub mod proc_mem;
 pub mod pvh_elf;
 pub mod report;

@@ -74,9 +74,18 @@ impl CpuidPage {
         Ok(Self { entries })
     }
 
-    /// Builds the page from the vCPU's CPUID as set with KVM_SET_CPUID2.
+    /// Builds the page from the vCPU's CPUID as set with KVM_SET_CPUID2. Entries whose
+    /// outputs are all zero are left out: an SNP guest (Linux's `snp_cpuid`) reads a leaf
+    /// missing from the page as zeros, so they say nothing, and hosts list enough of them
+    /// (77 entries in all on one AMD EPYC host here) to overflow the page's 64 slots.
     pub fn from_kvm(entries: &[kvm_bindings::kvm_cpuid_entry2]) -> Result<Self, CpuidPageError> {
-        Self::new(entries.iter().map(CpuidPageEntry::from_kvm).collect())
+        Self::new(
+            entries
+                .iter()
+                .filter(|e| (e.eax, e.ebx, e.ecx, e.edx) != (0, 0, 0, 0))
+                .map(CpuidPageEntry::from_kvm)
+                .collect(),
+        )
     }
 
     pub fn to_page(&self) -> Vec<u8> {
@@ -207,6 +216,13 @@ mod tests {
             Err(CpuidPageError::TooManyEntries(65))
         );
         assert!(CpuidPage::from_kvm(&many[..64]).is_ok());
+        // All-zero leaves read the same whether listed or not: they take no slot.
+        let mut zeros = vec![kvm_entry(1, 0, 0); 64];
+        zeros.extend((0x8000_0002..0x8000_0020).map(|leaf| kvm_cpuid_entry2 {
+            function: leaf,
+            ..Default::default()
+        }));
+        assert_eq!(CpuidPage::from_kvm(&zeros).unwrap().entries.len(), 64);
         let mut bytes = vec![0u8; 4096];
         bytes[0] = 65;
         assert_eq!(CpuidPage::parse(&bytes), Err(CpuidPageError::BadCount(65)));

@@ -10,6 +10,7 @@ pub mod firmware;
 pub mod hex;
 pub mod igvm;
 pub mod kvm;
+pub mod manifest;
 pub mod ovmf;
 pub mod page_info;
 pub mod policy;

@@ -149,7 +149,8 @@ fn by_hand(kernel_byte: u8, rip: u64, vcpus: u32) -> [u8; 48] {
     short.resize(4096, 0);
     ld.update_normal(0x10_0000, &[kernel_byte; 4096]).unwrap();
     ld.update_normal(0x10_1000, &short).unwrap();
-    ld.update_zero(0x10_2000, 0x1000).unwrap();
+    // A page without data is a NORMAL page of zeros (the IGVM rule), not a ZERO page.
+    ld.update_normal(0x10_2000, &[0; 4096]).unwrap();
     ld.update_normal(0x9000, &[3; 4096]).unwrap();
     ld.update_secrets(0x5000).unwrap();
     ld.update_cpuid(0x6000).unwrap();
@@ -195,7 +196,7 @@ fn plan_follows_the_igvm_directives() {
         vec![
             (0x10_0000, PageType::Normal),
             (0x10_1000, PageType::Normal),
-            (0x10_2000, PageType::Zero),
+            (0x10_2000, PageType::Normal),
             (0x9000, PageType::Normal),
             (0x5000, PageType::Secrets),
             (0x6000, PageType::Cpuid),
@@ -205,7 +206,11 @@ fn plan_follows_the_igvm_directives() {
         ]
     );
     assert_eq!(plan.shared_pages, vec![(0xb000, vec![9; 4096])]);
-    assert_eq!(plan.measured_bytes(), 3 * 4096);
+    assert_eq!(plan.measured_bytes(), 4 * 4096);
+    assert!(
+        plan.pages[2].data.is_empty(),
+        "a page of zeros carries no data"
+    );
     let area = &plan.parameter_areas[0];
     assert_eq!((area.size, area.insert_gpa), (0x2000, Some(0x20_0000)));
     assert_eq!(
@@ -313,14 +318,12 @@ fn run_launch_through_the_model_gives_the_expected_digest() {
         model.launch_digest().bytes(),
         plan.launch_digest(2, SIG).unwrap()
     );
-    // Only pages that are neither NORMAL nor ZERO asked the VMM for contents.
-    assert!(filled
-        .iter()
-        .all(|(_, t)| *t != PageType::Normal && *t != PageType::Zero));
+    // Only pages that are not NORMAL asked the VMM for contents.
+    assert!(filled.iter().all(|(_, t)| *t != PageType::Normal));
     assert_eq!(filled.len(), 5);
     // Contiguous pages of one type went through one call: 0x100000-0x101fff NORMAL, then
-    // 0x9000, 0x5000, 0x6000, 0xa000, and the two parameter pages together; the ZERO page
-    // at 0x102000 was launched (the digest matches) but not stored back.
+    // 0x9000, 0x5000, 0x6000, 0xa000, and the two parameter pages together; the page of
+    // zeros at 0x102000 was launched (the digest matches) but not stored back.
     assert_eq!(
         stored,
         vec![

@@ -103,12 +103,12 @@ fn pages(plan: &LaunchPlan) -> HashMap<u64, (PageType, &[u8])> {
     map
 }
 
-/// Bytes at `gpa` as the guest sees them after launch (ZERO pages read as zeros).
+/// Bytes at `gpa` as the guest sees them after launch (pages without data read as zeros).
 fn read(map: &HashMap<u64, (PageType, &[u8])>, gpa: u64, len: usize) -> Vec<u8> {
     (gpa..gpa + len as u64)
         .map(|a| match map.get(&(a & !0xfff)) {
+            Some((PageType::Normal, [])) => 0,
             Some((PageType::Normal, data)) => data[(a & 0xfff) as usize],
-            Some((PageType::Zero, _)) => 0,
             other => panic!("{a:#x} is not a data page: {other:?}"),
         })
         .collect()
@@ -127,13 +127,14 @@ fn synthetic_kernel_image_reads_back() {
     assert_eq!(plan.policy, 0x30000);
     assert_eq!(plan.sev_features, 1);
 
-    // Kernel: data pages NORMAL with the file's bytes, the zero-filled tail as ZERO pages.
+    // Kernel: data pages NORMAL with the file's bytes, the zero-filled tail as NORMAL pages
+    // without data (pages of zeros).
     assert_eq!(map[&KERNEL_AT], (PageType::Normal, &s.text[..0x1000]));
     let mut partial = s.text[0x1000..].to_vec();
     partial.resize(0x1000, 0);
     assert_eq!(map[&(KERNEL_AT + 0x1000)], (PageType::Normal, &partial[..]));
-    assert_eq!(map[&(KERNEL_AT + 0x2000)].0, PageType::Zero);
-    assert_eq!(map[&(KERNEL_AT + 0x3000)].0, PageType::Zero);
+    assert_eq!(map[&(KERNEL_AT + 0x2000)], (PageType::Normal, &[][..]));
+    assert_eq!(map[&(KERNEL_AT + 0x3000)], (PageType::Normal, &[][..]));
     assert_eq!(
         read(&map, KERNEL_AT + 0x5000, 9),
         [7, 7, 7, 7, 7, 7, 7, 7, 0]
@@ -193,9 +194,11 @@ fn synthetic_kernel_image_reads_back() {
         .required_memory
         .contains(&(0x10_0000, 64 * MIB - 0x10_0000)));
 
-    // Measured bytes: GDT, CC blob, zero page, command line, 6 page-table pages, 3 kernel
-    // pages, 3 initrd pages (10000 bytes ending at 64 MiB straddle 3 pages).
-    assert_eq!(plan.measured_bytes(), 16 * 4096);
+    // Page data in the file: GDT, CC blob, zero page, command line, 6 page-table pages, 3
+    // kernel pages, 3 initrd pages (10000 bytes ending at 64 MiB straddle 3 pages). Every
+    // page but SECRETS and CPUID has its contents measured.
+    assert_eq!(built.summary.data_bytes(), 16 * 4096);
+    assert_eq!(plan.measured_bytes(), (map.len() as u64 - 2) * 4096);
     assert_eq!(built.summary.measured_bytes(), plan.measured_bytes());
     assert_eq!(
         built.summary.zero_pages + built.summary.normal_pages + 2,
@@ -357,17 +360,23 @@ fn cli_writes_the_file_and_names_bad_inputs() {
     ))
     .unwrap();
     let out = dir.path().join("guest.igvm");
+    // 64 MiB = 16384 pages, minus the 96 of the legacy hole; all but 18 are pages of zeros.
     assert!(
-        line.starts_with(&format!("{}: {} measured bytes", out.display(), 16 * 4096)),
+        line.starts_with(&format!(
+            "{}: {} measured bytes",
+            out.display(),
+            16286 * 4096
+        )),
         "{line}"
     );
-    // 64 MiB = 16384 pages, minus the 96 of the legacy hole; all but 18 are ZERO pages.
     assert!(
-        line.ends_with("pages: 16 NORMAL, 16270 ZERO, 1 SECRETS, 1 CPUID; entry 0x1000040"),
+        line.ends_with(
+            "pages: 16 NORMAL with data, 16270 NORMAL zeros, 1 SECRETS, 1 CPUID; entry 0x1000040"
+        ),
         "{line}"
     );
     let plan = load_igvm(&std::fs::read(&out).unwrap()).unwrap();
-    assert_eq!(plan.measured_bytes(), 16 * 4096);
+    assert_eq!(plan.measured_bytes(), 16286 * 4096);
 
     let not_elf = write(dir.path(), "bzImage", b"MZ this is not an ELF kernel");
     let err = run_igvm_build(&args(dir.path(), not_elf, None, CMDLINE, 64))
@@ -466,7 +475,7 @@ fn project_vmlinux_builds_and_measures() {
     let elapsed = start.elapsed();
     let mib = plan.measured_bytes() as f64 / MIB as f64;
     eprintln!(
-        "project vmlinux (initrd: {} bytes), {mem_mib} MiB: {} measured bytes ({mib:.2} MiB), {} NORMAL + {} ZERO pages, \
+        "project vmlinux (initrd: {} bytes), {mem_mib} MiB: {} measured bytes ({mib:.2} MiB), {} data + {} zero-filled pages, \
          file {} bytes, digest {} in {elapsed:?} ({:.2} ms per measured MiB)",
         initrd.as_ref().map_or(0, Vec::len),
         plan.measured_bytes(),

@@ -1,31 +1,11 @@
 //! The VMM used as a library, the way the shim embeds it: console captured through a
 //! writer, the VM stopped from another thread, nothing left running afterwards.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use veil_tests::Guest;
+use veil_tests::{Capture, Guest};
 use veil_vmm::{BlockConfig, Console, KernelSource, Vm, VmConfig, VmExit};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// The tests count this process's threads and fds: run them one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());

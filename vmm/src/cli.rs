@@ -40,6 +40,19 @@ pub enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
+    /// The pod guest images and their manifest (what a pod owner audits).
+    Guest {
+        #[command(subcommand)]
+        command: GuestCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GuestCommand {
+    /// Write a manifest: SHA-256 of each image, build inputs, launch digests of the IGVM.
+    Manifest(veil_snp::cli::ManifestArgs),
+    /// Check the images next to a manifest against it; exit status 1 on any mismatch.
+    VerifyManifest(veil_snp::cli::VerifyManifestArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -266,10 +279,35 @@ pub fn main(cli: Cli, start: Instant) -> ExitCode {
         Command::Report {
             command: ReportCommand::Verify(args),
         } => print_result(veil_snp::cli::run_report_verify(&args)),
+        Command::Guest {
+            command: GuestCommand::Manifest(args),
+        } => print_result(veil_snp::cli::run_manifest(&args)),
+        Command::Guest {
+            command: GuestCommand::VerifyManifest(args),
+        } => return verify_manifest(&args),
     };
     match result {
         Ok(Some(outcome)) => exit_status(&outcome.exit),
         Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("veil: error: {}", error_chain(&e));
+            ExitCode::from(EXIT_VMM_ERROR)
+        }
+    }
+}
+
+/// `veil guest verify-manifest`: exit status 0 when everything matches, 1 on any mismatch
+/// or an unusable manifest.
+fn verify_manifest(args: &veil_snp::cli::VerifyManifestArgs) -> ExitCode {
+    match veil_snp::cli::run_verify_manifest(args) {
+        Ok((report, all_match)) => {
+            println!("{report}");
+            if all_match {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_VMM_ERROR)
+            }
+        }
         Err(e) => {
             eprintln!("veil: error: {}", error_chain(&e));
             ExitCode::from(EXIT_VMM_ERROR)

@@ -18,6 +18,17 @@ const BOOT_LIMIT: Duration = Duration::from_secs(420);
 /// Debian's kernel has far more to initialise than the project's, and with 4 vCPUs on L1's 2.
 const STOCK_BOOT_LIMIT: Duration = Duration::from_secs(900);
 
+/// `veil run` with a kernel and an initramfs; callers add the rest.
+fn veil_run(kernel: &Path, initrd: &Path) -> Command {
+    let mut cmd = Command::new(VEIL);
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd);
+    cmd
+}
+
 fn describe(run: &Finished) -> String {
     format!(
         "veil status {:?} after {:.0?}\n--- stdout\n{}\n--- stderr\n{}",
@@ -59,12 +70,7 @@ fn stock_debian_kernel_boots_to_user_space_with_1_2_and_4_vcpus() {
     let kernel = stock_kernel();
     for vcpus in [1, 2, 4] {
         let run = run_bounded(
-            Command::new(VEIL)
-                .arg("run")
-                .arg("--kernel")
-                .arg(&kernel)
-                .arg("--initrd")
-                .arg(&initrd)
+            veil_run(&kernel, &initrd)
                 .args(["--vcpus", &vcpus.to_string(), "--mem-mib", "512"])
                 // quiet: every console byte is a trapped port write, and each costs a
                 // great deal when everything is emulated; oopses and panics still print.
@@ -166,12 +172,7 @@ fn project_kernel_drives_veil_disks_and_vsock_with_real_linux_drivers() {
     });
 
     let run = run_bounded(
-        Command::new(VEIL)
-            .arg("run")
-            .arg("--kernel")
-            .arg(&kernel)
-            .arg("--initrd")
-            .arg(&initrd)
+        veil_run(&kernel, &initrd)
             .args(["--vcpus", "2", "--mem-mib", "256"])
             .arg("--disk")
             .arg(&rw)
@@ -332,15 +333,7 @@ fn guest_faults_end_veil_with_their_documented_status() {
     // veil reports a guest failure: exit status 2 and a message naming the panic.
     let initrd = d.join("dies.gz");
     busybox_initramfs(&initrd, "echo l2-init-exiting\nexit 3\n", &[]);
-    let run = run_bounded(
-        Command::new(VEIL)
-            .arg("run")
-            .arg("--kernel")
-            .arg(&kernel)
-            .arg("--initrd")
-            .arg(&initrd),
-        BOOT_LIMIT,
-    );
+    let run = run_bounded(&mut veil_run(&kernel, &initrd), BOOT_LIMIT);
     assert_eq!(run.code(), Some(2), "{}", describe(&run));
     assert!(
         run.stdout.contains("Kernel panic - not syncing"),
@@ -363,12 +356,7 @@ fn guest_faults_end_veil_with_their_documented_status() {
     );
     let uds = d.join("vsock.sock");
     let vm = Watched::spawn(
-        Command::new(VEIL)
-            .arg("run")
-            .arg("--kernel")
-            .arg(&kernel)
-            .arg("--initrd")
-            .arg(&initrd)
+        veil_run(&kernel, &initrd)
             .args(["--vsock-cid", "3", "--vsock-uds"])
             .arg(&uds),
     );

@@ -431,3 +431,45 @@ pub fn cgroup_dir(id: &str) -> PathBuf {
 pub fn pid_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// The dm-verity options of a layer whose hash tree sits at [`VERITY_HASH_OFFSET`].
+pub fn verity_options(root_hash: &str) -> Vec<String> {
+    vec![
+        format!("verity.root_hash={root_hash}"),
+        format!("verity.hash_offset={VERITY_HASH_OFFSET}"),
+    ]
+}
+
+/// `root_hash` with its first hex digit changed.
+pub fn wrong_root_hash(root_hash: &str) -> String {
+    let first = if root_hash.starts_with('0') { "1" } else { "0" };
+    format!("{first}{}", &root_hash[1..])
+}
+
+/// On an agent with `device` holding a [`BusyboxImage::with_verity`] layer: a container's
+/// root is mounted through dm-verity with the right root hash (its `/` is the overlay), and
+/// create is refused with a wrong one. `on_error` describes the guest when create fails.
+pub async fn check_verity_layer(
+    client: &AgentClient,
+    device: &str,
+    root_hash: &str,
+    on_error: impl Fn() -> String,
+) {
+    let id = "verified";
+    let mut create = create_request(id, device, &["cat", "/proc/mounts"]);
+    create.storages[0].driver_options = verity_options(root_hash);
+    if let Err(e) = client.agent.create_container(ctx(), &create).await {
+        panic!("verity create: {e:?}; {}", on_error());
+    }
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = id.into();
+    client.agent.start_container(ctx(), &start).await.unwrap();
+    let mounts = read_all(client, id, id, false).await;
+    assert!(mounts.starts_with("overlay / overlay"), "{mounts}");
+    remove_container(client, id).await;
+
+    let mut create = create_request("unverified", device, &["true"]);
+    create.storages[0].driver_options = verity_options(&wrong_root_hash(root_hash));
+    let (code, msg) = status_of(client.agent.create_container(ctx(), &create).await);
+    assert_eq!(code, ttrpc::Code::PERMISSION_DENIED, "{msg}");
+}

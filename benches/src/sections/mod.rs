@@ -7,7 +7,7 @@ pub mod density;
 pub mod devices;
 pub mod kernel;
 pub mod memory;
-pub mod pending;
+pub mod pod_start;
 pub mod snp;
 
 use crate::bench::Bench;
@@ -51,7 +51,7 @@ pub const ALL: &[Entry] = &[
     },
     Entry {
         name: "pod-start",
-        run: pending::pod_start,
+        run: pod_start::run,
     },
 ];
 

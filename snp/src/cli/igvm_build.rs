@@ -64,7 +64,7 @@ pub fn run_igvm_build(args: &IgvmBuildArgs) -> Result<String, CliError> {
     })?;
     let s = built.summary;
     Ok(format!(
-        "{}: {} measured bytes; pages: {} NORMAL, {} ZERO, {} SECRETS, {} CPUID; entry {:#x}",
+        "{}: {} measured bytes; pages: {} NORMAL with data, {} NORMAL zeros, {} SECRETS, {} CPUID; entry {:#x}",
         args.output.display(),
         s.measured_bytes(),
         s.normal_pages,

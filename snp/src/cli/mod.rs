@@ -1,10 +1,12 @@
 //! Command-line front ends for the `veil` binary: argument structs (clap derive) and functions
 //! that do the work and return the text to print. The binary only wires them up.
 
+mod guest_manifest;
 mod igvm_build;
 mod measure;
 mod report_verify;
 
+pub use guest_manifest::{run_manifest, run_verify_manifest, ManifestArgs, VerifyManifestArgs};
 pub use igvm_build::{run_igvm_build, IgvmBuildArgs};
 pub use measure::{run_measure, MeasureArgs};
 pub use report_verify::{run_report_verify, ReportVerifyArgs};
@@ -57,6 +59,8 @@ pub enum CliError {
     Verify(#[from] crate::report::VerifyError),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
 }
 
 /// Reads a whole file of at most `limit` bytes.

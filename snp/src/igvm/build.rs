@@ -8,18 +8,18 @@
 //! `cc_blob_address` points at the CC blob naming the secrets and CPUID pages.
 //!
 //! What is launched and how (see [`layout`] for the GPAs):
-//! - NORMAL (contents measured): the PT_LOAD segments, the initrd, the zero page, the
-//!   command line, the CC blob, the GDT and the page tables; pages that are entirely zero
-//!   become ZERO pages instead, which bind the same contents to the digest without hashing
-//!   4 KiB and without carrying data in the file.
+//! - NORMAL with data (contents measured): the PT_LOAD segments, the initrd, the zero page,
+//!   the command line, the CC blob, the GDT and the page tables; pages that are entirely
+//!   zero are written without data instead (the same measurement, no data in the file).
 //! - SECRETS and CPUID pages for the firmware (the VMM fills the CPUID page).
-//! - ZERO for every other page of RAM in the e820 map. Linux 6.1 cannot validate its own RAM
-//!   when booted this way: it has no unaccepted-memory support (that arrived in 6.5, and only
-//!   through the EFI unaccepted-memory table), so every RAM page it touches must already be
-//!   validated, and touching one that is not ends the guest (#VC, "page not validated").
-//!   The only pages Linux 6.1 validates itself are those it converts at run time. The
-//!   cheapest launch type that validates a page and fixes its contents is ZERO: measured by
-//!   GPA only. The legacy hole (0xa0000..0x100000) is left out: the kernel skips its ROM, MP
+//! - NORMAL without data for every other page of RAM in the e820 map: by the IGVM rule a
+//!   page without data is a NORMAL page of zeros, launched and measured as such (never the
+//!   firmware's native ZERO type, which no IGVM page type names). Linux 6.1 cannot validate
+//!   its own RAM when booted this way: it has no unaccepted-memory support (that arrived in
+//!   6.5, and only through the EFI unaccepted-memory table), so every RAM page it touches
+//!   must already be validated, and touching one that is not ends the guest (#VC, "page not
+//!   validated"). The only pages Linux 6.1 validates itself are those it converts at run
+//!   time. The legacy hole (0xa0000..0x100000) is left out: the kernel skips its ROM, MP
 //!   table and PCI IRQ scans in an SNP guest because nothing there is validated.
 //!
 //! The memory map is fixed at build time from `--mem-mib` and measured inside the zero page,
@@ -39,7 +39,7 @@ use crate::page_info::PAGE_SIZE;
 use layout::*;
 use zero_page::{cc_blob_page, E820Type, ZeroPage};
 
-/// Largest memory size accepted (every RAM page is one ZERO-page directive in the file).
+/// Largest memory size accepted (every RAM page is one page directive in the file).
 pub const MAX_MEM_MIB: u64 = 16 << 10;
 /// C-bit position on every SEV-SNP capable EPYC (Milan, Genoa, Turin): CPUID
 /// 0x8000001F EBX[5:0] = 51.
@@ -100,6 +100,7 @@ pub struct BuildInput<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Page {
     Normal(Vec<u8>),
+    /// A NORMAL page of zeros, written without data.
     Zero,
     Secrets,
     Cpuid,
@@ -108,7 +109,9 @@ pub(crate) enum Page {
 /// Counts of what the file launches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BuildSummary {
+    /// NORMAL pages with data in the file.
     pub normal_pages: u64,
+    /// NORMAL pages of zeros, without data in the file.
     pub zero_pages: u64,
     pub secrets_pages: u64,
     pub cpuid_pages: u64,
@@ -119,8 +122,13 @@ pub struct BuildSummary {
 }
 
 impl BuildSummary {
-    /// Bytes whose contents are measured (NORMAL pages).
+    /// Bytes whose contents are measured (NORMAL pages, with data or of zeros).
     pub fn measured_bytes(&self) -> u64 {
+        (self.normal_pages + self.zero_pages) * PAGE_SIZE
+    }
+
+    /// Bytes of page data the file carries.
+    pub fn data_bytes(&self) -> u64 {
         self.normal_pages * PAGE_SIZE
     }
 }
@@ -266,7 +274,7 @@ pub fn build_igvm(input: &BuildInput<'_>) -> Result<BuiltIgvm, BuildError> {
         pages.insert(PML4_GPA + i as u64 * PAGE_SIZE, Page::Normal(table));
     }
 
-    // Every other RAM page is validated as a ZERO page; all-zero data pages become ZERO too.
+    // Every other RAM page is launched as a page of zeros; so are all-zero data pages.
     for e in map.iter().filter(|e| e.kind == E820Type::Ram) {
         for gpa in (e.addr..e.addr + e.size).step_by(PAGE_SIZE as usize) {
             pages.entry(gpa).or_insert(Page::Zero);
@@ -287,8 +295,9 @@ pub fn build_igvm(input: &BuildInput<'_>) -> Result<BuiltIgvm, BuildError> {
         initrd_gpa: initrd.map(|(gpa, _)| gpa),
     };
     tracing::info!(
-        "IGVM for a direct SNP Linux boot: {} measured bytes, {} ZERO pages",
+        "IGVM for a direct SNP Linux boot: {} measured bytes, {} of them page data, {} pages of zeros",
         summary.measured_bytes(),
+        summary.data_bytes(),
         summary.zero_pages
     );
     let bytes = igvm_file::serialize(pages, &map, input, kernel.entry)?;

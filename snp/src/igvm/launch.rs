@@ -7,7 +7,7 @@ use crate::page_info::{PageType, PAGE_SIZE};
 use crate::policy::GuestPolicy;
 use crate::vmsa::Vmsa;
 
-/// Largest range handed to one LAUNCH_UPDATE call: a plan's ZERO pages can cover all of RAM,
+/// Largest range handed to one LAUNCH_UPDATE call: a plan's pages of zeros can cover all of RAM,
 /// and the source buffer of a call is built in host memory.
 const MAX_UPDATE_BYTES: usize = 16 << 20;
 
@@ -16,11 +16,12 @@ const MAX_UPDATE_BYTES: usize = 16 << 20;
 /// vCPUs' state.
 ///
 /// `contents` supplies the bytes of each page that is neither NORMAL (whose data is in the
-/// plan) nor ZERO (whose contents neither KVM nor the firmware read): parameter areas and
-/// the CPUID page as the VMM prepared them in guest memory. The buffer passed to the
-/// firmware is written back through `store` after each call, so a CPUID page corrected by the
-/// firmware (or a SECRETS page the model fills) reaches guest memory; ZERO ranges are not
-/// stored, so launching them touches no host memory.
+/// plan, or zeros) nor ZERO (whose contents neither KVM nor the firmware read): parameter
+/// areas and the CPUID page as the VMM prepared them in guest memory. The buffer passed to
+/// the firmware is written back through `store` after each call, so a CPUID page corrected by
+/// the firmware (or a SECRETS page the model fills) reaches guest memory; ranges of zeros
+/// (ZERO pages, NORMAL pages without data) get their own calls and are not stored, so
+/// launching them touches no guest memory on the host.
 pub fn run_launch(
     fw: &mut dyn LaunchFirmware,
     plan: &LaunchPlan,
@@ -60,9 +61,16 @@ pub fn run_launch(
 struct Batch {
     gpa: u64,
     kind: PageType,
+    /// ZERO pages, or NORMAL pages without data: the source is all zeros.
+    zeros: bool,
     pages: usize,
-    /// The pages' bytes; left empty for ZERO pages.
+    /// The pages' bytes; left empty when `zeros`.
     data: Vec<u8>,
+}
+
+/// Whether a page's launch source is all zeros without anything to copy.
+fn is_zeros(page: &PlanPage) -> bool {
+    page.page_type == PageType::Zero || (page.page_type == PageType::Normal && page.data.is_empty())
 }
 
 impl Batch {
@@ -70,6 +78,7 @@ impl Batch {
         Self {
             gpa: first.gpa,
             kind: first.page_type,
+            zeros: is_zeros(first),
             pages: 0,
             data: Vec::new(),
         }
@@ -81,14 +90,17 @@ impl Batch {
 
     fn extends_to(&self, page: &PlanPage) -> bool {
         self.kind == page.page_type
+            && self.zeros == is_zeros(page)
             && self.gpa + self.len() as u64 == page.gpa
             && self.len() < MAX_UPDATE_BYTES
     }
 
     fn push(&mut self, page: &PlanPage, contents: &mut dyn FnMut(&PlanPage) -> Vec<u8>) {
         self.pages += 1;
+        if self.zeros {
+            return;
+        }
         let mut bytes = match page.page_type {
-            PageType::Zero => return,
             PageType::Normal => page.data.clone(),
             _ => contents(page),
         };
@@ -101,8 +113,9 @@ impl Batch {
         fw: &mut dyn LaunchFirmware,
         store: &mut dyn FnMut(u64, &[u8]),
     ) -> Result<(), FirmwareError> {
-        if self.kind == PageType::Zero {
+        if self.zeros {
             // Freshly allocated zeroed memory, never written: the allocator maps it lazily.
+            // Guest memory there is still untouched, so nothing needs storing.
             let mut zeros = vec![0u8; self.len()];
             return fw.launch_update(self.gpa, self.kind, &mut zeros);
         }
@@ -152,6 +165,54 @@ mod tests {
             page_type: PageType::Zero,
             data: Vec::new(),
         }
+    }
+
+    /// NORMAL pages of zeros (no data) and with data are launched in separate calls, both as
+    /// NORMAL, and only the ones with data are stored back.
+    #[test]
+    fn pages_of_zeros_are_normal_and_not_stored() {
+        let normal = |gpa, data: Vec<u8>| PlanPage {
+            gpa,
+            page_type: PageType::Normal,
+            data,
+        };
+        let plan = LaunchPlan {
+            policy: 0x30000,
+            pages: vec![
+                normal(0x1000, Vec::new()),
+                normal(0x2000, Vec::new()),
+                normal(0x3000, vec![7; PAGE_SIZE as usize]),
+                normal(0x4000, Vec::new()),
+            ],
+            shared_pages: Vec::new(),
+            parameter_areas: Vec::new(),
+            bsp: Vmsa::default(),
+            sev_features: 1,
+            required_memory: Vec::new(),
+            id: None,
+        };
+        let mut fw = Recorder::default();
+        let mut stored = Vec::new();
+        run_launch(
+            &mut fw,
+            &plan,
+            GuestPolicy::new(0x30000, false).unwrap(),
+            &mut |_| unreachable!("NORMAL pages need no contents from the VMM"),
+            &mut |gpa, data| stored.push((gpa, data.len())),
+            &[],
+            &LaunchFinish::default(),
+        )
+        .unwrap();
+        let page = PAGE_SIZE as usize;
+        assert_eq!(
+            fw.updates,
+            vec![
+                (0x1000, PageType::Normal, 2 * page),
+                (0x3000, PageType::Normal, page),
+                (0x4000, PageType::Normal, page),
+            ]
+        );
+        assert_eq!(stored, vec![(0x3000, page)]);
     }
 
     /// 40 MiB of ZERO pages, a gap, then one CPUID page: contiguous pages of one type are

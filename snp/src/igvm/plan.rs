@@ -3,8 +3,11 @@
 //!
 //! Mapping of IGVM directives (only those whose compatibility mask includes the file's SNP
 //! platform):
-//! - PageData NORMAL with contents -> NORMAL page; without contents -> ZERO page (the
-//!   firmware zeroes it: nothing to copy or hash; measured by GPA only);
+//! - PageData NORMAL with contents -> NORMAL page; without contents (file offset 0) -> a
+//!   NORMAL page of zeros, as the IGVM specification says (`IGVM_VHS_PAGE_DATA`: "treat this
+//!   page ... as a normal private page with zeros as contents"), which is also what QEMU
+//!   launches and what `igvmmeasure` measures by default. Veil never turns an IGVM page into
+//!   the firmware's native ZERO type: the file alone must fix the digest;
 //! - PageData flagged unmeasured -> UNMEASURED; SECRETS -> SECRETS; CPUID_DATA/CPUID_XF ->
 //!   CPUID (the VMM fills it from the VM's CPUID);
 //! - PageData flagged shared -> loaded into shared memory, not measured;
@@ -68,7 +71,8 @@ pub enum IgvmError {
 pub struct PlanPage {
     pub gpa: u64,
     pub page_type: PageType,
-    /// 4096 bytes for NORMAL pages; empty for the other types.
+    /// 4096 bytes for NORMAL pages with contents; empty for a NORMAL page of zeros and for
+    /// the other types.
     pub data: Vec<u8>,
 }
 
@@ -273,7 +277,7 @@ pub fn load_igvm(bytes: &[u8]) -> Result<LaunchPlan, IgvmError> {
                         (PageType::Cpuid, Vec::new())
                     }
                     _ if flags.unmeasured() => (PageType::Unmeasured, Vec::new()),
-                    _ if page.is_empty() => (PageType::Zero, Vec::new()),
+                    // Empty `page` = a NORMAL page of zeros, see the module comment.
                     _ => (PageType::Normal, page),
                 };
                 pages.push(PlanPage {
@@ -474,11 +478,42 @@ impl LaunchPlan {
         vcpus: u32,
         vcpu_signature: u32,
     ) -> Result<[u8; DIGEST_SIZE], IgvmError> {
+        Ok(self.finish_digest(self.pages_digest()?, vcpus, vcpu_signature)?)
+    }
+
+    /// The launch digests for several (vCPUs, signature) configurations: the pages are
+    /// measured once, only the VMSAs differ.
+    pub fn launch_digests(
+        &self,
+        configs: &[(u32, u32)],
+    ) -> Result<Vec<[u8; DIGEST_SIZE]>, IgvmError> {
+        let pages = self.pages_digest()?;
+        configs
+            .iter()
+            .map(|&(vcpus, sig)| Ok(self.finish_digest(pages.clone(), vcpus, sig)?))
+            .collect()
+    }
+
+    /// Adds the vCPUs' VMSAs to the digest of the pages.
+    fn finish_digest(
+        &self,
+        mut ld: LaunchDigest,
+        vcpus: u32,
+        vcpu_signature: u32,
+    ) -> Result<[u8; DIGEST_SIZE], DigestError> {
+        for vmsa in self.vcpu_vmsas(vcpus.max(1), vcpu_signature) {
+            ld.update_vmsa(&vmsa.to_page())?;
+        }
+        Ok(ld.bytes())
+    }
+
+    /// The digest after every page, before the VMSAs.
+    fn pages_digest(&self) -> Result<LaunchDigest, IgvmError> {
         let mut ld = LaunchDigest::new();
         // Consecutive NORMAL pages are measured as one range so they hash in parallel.
         let mut run: Option<(u64, Vec<u8>)> = None;
         for page in &self.pages {
-            if page.page_type == PageType::Normal {
+            if page.page_type == PageType::Normal && !page.data.is_empty() {
                 match &mut run {
                     Some((start, data)) if *start + data.len() as u64 == page.gpa => {
                         data.extend_from_slice(&page.data)
@@ -495,14 +530,15 @@ impl LaunchPlan {
             if let Some((start, data)) = run.take() {
                 ld.update_normal(start, &data)?;
             }
-            ld.update_by_gpa(page.page_type, page.gpa, PAGE_SIZE)?;
+            if page.page_type == PageType::Normal {
+                ld.update_normal_zeros(page.gpa, PAGE_SIZE)?;
+            } else {
+                ld.update_by_gpa(page.page_type, page.gpa, PAGE_SIZE)?;
+            }
         }
         if let Some((start, data)) = run.take() {
             ld.update_normal(start, &data)?;
         }
-        for vmsa in self.vcpu_vmsas(vcpus.max(1), vcpu_signature) {
-            ld.update_vmsa(&vmsa.to_page())?;
-        }
-        Ok(ld.bytes())
+        Ok(ld)
     }
 }

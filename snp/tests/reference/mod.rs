@@ -36,6 +36,7 @@ pub fn run_python(script: &str, stdin: &str) -> String {
 }
 
 /// Runs `sev-snp-measure`'s command line (`python3 -m sevsnpmeasure.cli ARGS`).
+#[allow(dead_code)] // not every test binary uses both helpers
 pub fn run_cli(args: &[&str]) -> String {
     let script = "import sys, runpy; sys.argv = ['sev-snp-measure'] + sys.argv[1:]; \
                   runpy.run_module('sevsnpmeasure.cli', run_name='__main__')";

@@ -9,10 +9,10 @@ use igvm_defs::{
     IGVM_VHS_SUPPORTED_PLATFORM,
 };
 
-use super::bsp::bsp_vmsa;
-use super::layout::VMSA_DIRECTIVE_GPA;
+use super::bsp::{bsp_state, kvm_vmsa};
 use super::zero_page::{E820Entry, E820Type};
 use super::{BuildError, BuildInput, Page};
+use crate::page_info::VMSA_GPA;
 
 const COMPATIBILITY_MASK: u32 = 1;
 /// RequiredMemory sizes are 32-bit; larger ranges are split.
@@ -52,6 +52,7 @@ pub fn serialize(
     for (gpa, page) in pages {
         let (data_type, data) = match page {
             Page::Normal(data) => (IgvmPageDataType::NORMAL, data),
+            // No data: a NORMAL page of zeros, by the IGVM specification's rule.
             Page::Zero => (IgvmPageDataType::NORMAL, Vec::new()),
             Page::Secrets => (IgvmPageDataType::SECRETS, Vec::new()),
             Page::Cpuid => (IgvmPageDataType::CPUID_DATA, Vec::new()),
@@ -64,11 +65,13 @@ pub fn serialize(
             data,
         });
     }
+    // Last, as KVM measures VMSAs after every page; at the GPA the firmware records for
+    // every VMSA; holding the page KVM builds (see `bsp`).
     directives.push(IgvmDirectiveHeader::SnpVpContext {
-        gpa: VMSA_DIRECTIVE_GPA,
+        gpa: VMSA_GPA,
         compatibility_mask: COMPATIBILITY_MASK,
         vp_index: 0,
-        vmsa: bsp_vmsa(entry, input.c_bit),
+        vmsa: kvm_vmsa(&bsp_state(entry, input.c_bit)),
     });
     let file = IgvmFile::new(
         igvm::IgvmRevision::V1,

@@ -8,14 +8,16 @@
 //! | 0x3000               | secrets page                     | SECRETS              |
 //! | 0x4000               | CPUID page (filled by the VMM)   | CPUID                |
 //! | 0x7000               | zero page (`boot_params`)        | NORMAL               |
-//! | 0x8000..0x9000       | boot stack (RSP 0x8ff0)          | ZERO                 |
+//! | 0x8000..0x9000       | boot stack (RSP 0x8ff0)          | NORMAL zeros         |
 //! | 0x9000..0xf000       | PML4, PDPT, 4 PDs (C-bit set)    | NORMAL               |
 //! | 0x20000              | kernel command line              | NORMAL               |
-//! | other RAM < 0xa0000  | RAM                              | ZERO                 |
+//! | other RAM < 0xa0000  | RAM                              | NORMAL zeros         |
 //! | 0xa0000..0x100000    | legacy hole, e820 reserved       | not launched         |
-//! | kernel p_paddr..     | PT_LOAD segments                 | NORMAL (all-zero pages ZERO) |
-//! | top of low RAM       | initrd                           | NORMAL (all-zero pages ZERO) |
-//! | other RAM            | RAM, below 0xd000_0000 and from 4 GiB | ZERO            |
+//! | kernel p_paddr..     | PT_LOAD segments                 | NORMAL               |
+//! | top of low RAM       | initrd                           | NORMAL               |
+//! | other RAM            | RAM, below 0xd000_0000 and from 4 GiB | NORMAL zeros    |
+//!
+//! "NORMAL zeros": a page directive without data (all-zero data pages are written so too).
 
 use super::zero_page::{E820Entry, E820Type};
 
@@ -36,9 +38,6 @@ pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap (the VMM's devices, IOAPIC, LAPIC); RAM resumes at 4 GiB.
 pub const MMIO_GAP_START: u64 = 0xd000_0000;
 pub const MMIO_GAP_END: u64 = 1 << 32;
-/// GPA named in the VP context directive. Veil ignores it (KVM builds the VMSA, measured at
-/// 0xFFFFFFFFF000); it lies outside RAM so other IGVM loaders do not clash with RAM.
-pub const VMSA_DIRECTIVE_GPA: u64 = 0xffff_f000;
 
 // The page tables (6 pages) end before the command line and miss the stack page; the
 // command line and its NUL end below the legacy hole.

@@ -1,0 +1,129 @@
+//! A CRI client the way kubelet talks to containerd: gRPC over containerd's Unix socket.
+
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub type Client = RuntimeServiceClient<Channel>;
+
+/// Connects to containerd's CRI service on `socket`.
+pub async fn connect(socket: &Path) -> Client {
+    let socket = socket.to_path_buf();
+    let channel = Endpoint::try_from("http://[::]")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connecting to containerd's CRI socket");
+    RuntimeServiceClient::new(channel)
+}
+
+/// A host-network pod's sandbox config, logs under `log_dir`.
+pub fn pod_config(name: &str, log_dir: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// RunPodSandbox with the `handler` runtime; returns the sandbox id.
+pub async fn run_pod(client: &mut Client, config: &PodSandboxConfig, handler: &str) -> String {
+    client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id
+}
+
+/// CreateContainer + StartContainer of a busybox container running `command`, its log at
+/// `<log_dir>/<name>.log`; returns the container id.
+pub async fn start_container(
+    client: &mut Client,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    name: &str,
+    image: &str,
+    command: &[&str],
+) -> String {
+    let config = ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    };
+    let id = client
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    client
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    id
+}
+
+/// StopPodSandbox + RemovePodSandbox.
+pub async fn remove_pod(client: &mut Client, pod_id: &str) {
+    client
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.into(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    client
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.into(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+}
+
+/// The log file CRI writes a container's output to.
+pub fn log_file(log_dir: &Path, name: &str) -> PathBuf {
+    log_dir.join(format!("{name}.log"))
+}
