@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{DEFAULT_CMDLINE, DEFAULT_KVM_DEVICE, DEFAULT_MEM_MIB};
+use crate::seccomp::{self, SeccompLevel, ThreadKind};
 use crate::{
     demo, BlockConfig, Console, CpuTemplate, KernelSource, Vm, VmConfig, VmError, VmExit,
     VmOutcome, VsockConfig,
@@ -88,6 +89,11 @@ pub struct MachineArgs {
     /// Write the boot timings (and how the VM ended) as JSON to FILE when the VM ends.
     #[arg(long, value_name = "FILE")]
     pub metrics_json: Option<PathBuf>,
+    /// Run without seccomp filters, for debugging. By default every thread of the process
+    /// runs under a filter allowing only the system calls (and ioctls) it needs; anything
+    /// else kills the process.
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +244,12 @@ impl MachineArgs {
         config.cpu_template = CpuTemplate::by_name(&self.cpu_template)
             .ok_or(CliError::UnknownTemplate(self.cpu_template))?;
         config.kvm_device = self.kvm_device;
+        // The binary runs one VM and nothing else: its main thread is filtered too.
+        config.seccomp = if self.no_seccomp {
+            SeccompLevel::Off
+        } else {
+            SeccompLevel::AllThreads
+        };
         Ok(config)
     }
 }
@@ -351,6 +363,13 @@ fn run(args: RunArgs, start: Instant) -> Result<Option<VmOutcome>, CliError> {
 }
 
 fn boot(config: VmConfig, start: Instant, metrics: Option<PathBuf>) -> Result<VmOutcome, CliError> {
+    let filtered = config.seccomp != SeccompLevel::Off;
+    if !filtered {
+        tracing::warn!("seccomp filters disabled (--no-seccomp): for debugging only");
+        eprintln!(
+            "veil: warning: running without seccomp filters (--no-seccomp): for debugging only"
+        );
+    }
     let vm = Vm::with_start(config, start)?;
     match vm.snp_launch() {
         Some(launch) if launch.firmware == SnpFirmware::Model => eprintln!(
@@ -372,7 +391,7 @@ fn boot(config: VmConfig, start: Instant, metrics: Option<PathBuf>) -> Result<Vm
             launch.device_args_not_passed.join(" ")
         );
     }
-    stop_on_signals(vm.stop_handle());
+    stop_on_signals(vm.stop_handle(), filtered)?;
     let outcome = vm.run()?;
     if !outcome.exit.is_clean() {
         eprintln!("veil: guest failed: {}", outcome.exit);
@@ -452,14 +471,27 @@ fn print_demo_report(outcome: &VmOutcome) {
 }
 
 /// SIGINT, SIGTERM and SIGHUP stop the VM cleanly instead of killing the process mid-flight.
-fn stop_on_signals(stop: crate::StopHandle) {
-    if let Err(e) = signals::watch(move || stop.stop()) {
-        tracing::warn!("cannot watch termination signals: {e}");
+/// With `filtered`, the watching thread runs under the main thread's seccomp filter, installed
+/// before this returns (so before the guest starts).
+fn stop_on_signals(stop: crate::StopHandle, filtered: bool) -> Result<(), CliError> {
+    let filter = match filtered {
+        true => Some(seccomp::filter(ThreadKind::Main).map_err(VmError::from)?),
+        false => None,
+    };
+    match signals::watch(move || stop.stop(), filter) {
+        Ok(()) => Ok(()),
+        Err(signals::WatchError::Seccomp(e)) => Err(VmError::from(e).into()),
+        Err(signals::WatchError::Io(e)) => {
+            tracing::warn!("cannot watch termination signals: {e}");
+            Ok(())
+        }
     }
 }
 
 mod signals {
     use std::sync::atomic::{AtomicI32, Ordering};
+
+    use crate::seccomp::{self, SeccompError, ThreadFilter, ThreadKind};
 
     static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
@@ -483,25 +515,55 @@ mod signals {
         }
     }
 
+    #[derive(Debug, thiserror::Error)]
+    pub enum WatchError {
+        #[error(transparent)]
+        Io(#[from] std::io::Error),
+        #[error(transparent)]
+        Seccomp(#[from] SeccompError),
+    }
+
     /// Blocks the termination signals in this thread (and so in the threads it spawns later)
-    /// and calls `on_signal` from a dedicated thread when one arrives.
-    pub fn watch(on_signal: impl Fn() + Send + 'static) -> std::io::Result<()> {
+    /// and calls `on_signal` from a dedicated thread when one arrives. With `filter`, that
+    /// thread installs it (the main thread's) before this returns.
+    pub fn watch(
+        on_signal: impl Fn() + Send + 'static,
+        filter: Option<ThreadFilter>,
+    ) -> Result<(), WatchError> {
         let set = termination_set();
         // SAFETY: `set` is a valid, initialised signal set.
         let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
         if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
+            return Err(std::io::Error::from_raw_os_error(rc).into());
         }
+        let (installed_tx, installed) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("veil-signals".into())
-            .spawn(move || loop {
-                let mut signal = 0;
-                // SAFETY: `set` is valid and `signal` is a writable int.
-                if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
-                    RECEIVED.store(signal, Ordering::Release);
-                    on_signal();
+            .spawn(move || {
+                let result = match &filter {
+                    Some(program) => seccomp::apply(ThreadKind::Main, program),
+                    None => Ok(()),
+                };
+                let ok = result.is_ok();
+                let _ = installed_tx.send(result);
+                if ok {
+                    wait_for_signals(set, on_signal);
                 }
             })?;
+        installed
+            .recv()
+            .map_err(|_| std::io::Error::other("the signal thread died"))??;
         Ok(())
+    }
+
+    fn wait_for_signals(set: libc::sigset_t, on_signal: impl Fn()) {
+        loop {
+            let mut signal = 0;
+            // SAFETY: `set` is valid and `signal` is a writable int.
+            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+                RECEIVED.store(signal, Ordering::Release);
+                on_signal();
+            }
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 pub use veil_devices::virtio::block::BlockConfig;
 pub use veil_devices::virtio::vsock::VsockConfig;
 
+use crate::seccomp::SeccompLevel;
 use crate::snp_launch::SnpConfig;
 use crate::x86_64::cpu_template::CpuTemplate;
 use crate::x86_64::layout::{CMDLINE_MAX_LEN, MIN_MEM_BYTES};
@@ -88,6 +89,9 @@ pub struct VmConfig {
     /// How to launch a [`KernelSource::Igvm`] guest; `None` means through KVM with the
     /// default policy.
     pub snp: Option<SnpConfig>,
+    /// Which threads [`Vm::run`](crate::Vm::run) puts under a seccomp filter; by default the
+    /// vCPU and event-loop threads it creates (see [`SeccompLevel`]).
+    pub seccomp: SeccompLevel,
 }
 
 impl VmConfig {
@@ -106,6 +110,7 @@ impl VmConfig {
             vsock: None,
             boot_timer: false,
             snp: None,
+            seccomp: SeccompLevel::default(),
         }
     }
 

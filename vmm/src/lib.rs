@@ -19,6 +19,7 @@ pub mod demo;
 pub mod devices;
 mod event_loop;
 pub mod memory;
+pub mod seccomp;
 pub mod snp_launch;
 pub mod vcpu;
 pub mod vm;
@@ -26,6 +27,7 @@ pub mod x86_64;
 
 pub use config::{BlockConfig, Console, KernelSource, VmConfig, VsockConfig};
 pub use devices::DiskHandle;
+pub use seccomp::SeccompLevel;
 pub use snp_launch::{SnpConfig, SnpFirmware, SnpLaunch};
 pub use vcpu::{RegisterDump, VmExit};
 pub use vm::{BootTimings, StopHandle, Vm, VmError, VmOutcome};

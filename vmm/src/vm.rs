@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use crate::console::{self, ConsoleError};
 use crate::devices::{self, Attached, DeviceError, DiskHandle};
 use crate::event_loop::{Control, StdinForwarder, Wake};
 use crate::memory::{GuestRam, MemoryError, RamBacking};
+use crate::seccomp::{self, SeccompError, SeccompLevel, ThreadKind};
 use crate::snp_launch::kvm::{PageConverter, SnpKvm};
 use crate::snp_launch::{
     self, model, vcpu_state, GuestFacts, LaunchInputs, SnpConfig, SnpFirmware, SnpLaunch,
@@ -81,6 +82,10 @@ pub enum VmError {
     Signal(vmm_sys_util::errno::Error),
     #[error("the event loop failed: {0:?}")]
     EventLoop(event_manager::Error),
+    #[error("the event loop thread panicked")]
+    EventLoopPanicked,
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 fn kvm_err(action: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -141,6 +146,7 @@ pub struct Vm {
     devices: Attached,
     cmdline: String,
     snp_launch: Option<SnpLaunch>,
+    seccomp: SeccompLevel,
 }
 
 impl Vm {
@@ -260,6 +266,7 @@ impl Vm {
             devices,
             cmdline,
             snp_launch,
+            seccomp: config.seccomp,
         })
     }
 
@@ -297,8 +304,20 @@ impl Vm {
 
     /// Runs the guest until it resets or powers off, a vCPU fails, or [`StopHandle::stop`]
     /// is called. All vCPU threads are joined before this returns.
+    ///
+    /// With seccomp ([`VmConfig::seccomp`] other than [`SeccompLevel::Off`]) every vCPU
+    /// thread installs its filter before its first KVM_RUN, and the device event loop runs on
+    /// its own thread (`veil-events`) under its filter instead of on the calling thread: a
+    /// filter is permanent, and the caller of a library may have other work to do once the VM
+    /// ends. Only [`SeccompLevel::AllThreads`] filters the calling thread too, once the VM's
+    /// threads exist. No vCPU runs before the event loop's (and the caller's) filter is in.
     pub fn run(mut self) -> Result<VmOutcome, VmError> {
         vcpu::install_kick_handler().map_err(VmError::Signal)?;
+        let filters = match self.seccomp {
+            SeccompLevel::Off => None,
+            _ => Some(Arc::new(seccomp::Filters::new()?)),
+        };
+        let gate = Arc::new(StartGate::default());
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for (id, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
             let vcpu = Vcpu {
@@ -306,18 +325,50 @@ impl Vm {
                 fd,
                 shared: self.shared.clone(),
             };
+            let filters = filters.clone();
+            let vcpu_gate = gate.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("veil-vcpu{id}"))
-                .spawn(move || vcpu.run());
+                .spawn(move || {
+                    if let Some(filters) = filters {
+                        if let Err(e) = seccomp::apply(ThreadKind::Vcpu, &filters.vcpu) {
+                            vcpu.shared.exit.set(VmExit::VcpuFault {
+                                vcpu: vcpu.id,
+                                reason: e.to_string(),
+                                regs: None,
+                            });
+                            return vcpu.fd;
+                        }
+                    }
+                    if !vcpu_gate.wait() {
+                        return vcpu.fd;
+                    }
+                    vcpu.run()
+                });
             match spawned {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
+                    gate.open(false);
                     self.stop_vcpus(threads);
                     return Err(VmError::Io(e));
                 }
             }
         }
-        let result = self.event_loop();
+        let parts = match self.event_loop_parts() {
+            Ok(parts) => parts,
+            Err(e) => {
+                gate.open(false);
+                self.stop_vcpus(threads);
+                return Err(e);
+            }
+        };
+        let result = match filters {
+            None => {
+                gate.open(true);
+                event_loop(parts)
+            }
+            Some(filters) => self.run_filtered_event_loop(parts, &filters, &gate),
+        };
         self.stop_vcpus(threads);
         let wake = result?;
         let exit = match wake {
@@ -338,6 +389,55 @@ impl Vm {
         })
     }
 
+    /// Runs the event loop on a filtered `veil-events` thread, filters the calling thread for
+    /// [`SeccompLevel::AllThreads`], lets the vCPUs start and waits for the loop to end.
+    fn run_filtered_event_loop(
+        &self,
+        parts: LoopParts,
+        filters: &seccomp::Filters,
+        gate: &StartGate,
+    ) -> Result<Wake, VmError> {
+        let (installed_tx, installed) = std::sync::mpsc::channel();
+        let program = filters.event_loop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("veil-events".into())
+            .spawn(move || {
+                let installed = seccomp::apply(ThreadKind::EventLoop, &program);
+                let ok = installed.is_ok();
+                let _ = installed_tx.send(installed);
+                if ok {
+                    event_loop(parts)
+                } else {
+                    Ok(Wake::Stop)
+                }
+            });
+        let events = match spawned {
+            Ok(handle) => handle,
+            Err(e) => {
+                gate.open(false);
+                return Err(VmError::Io(e));
+            }
+        };
+        let mut ready = match installed.recv() {
+            Ok(result) => result,
+            // The thread died before reporting: its join below tells why.
+            Err(_) => Ok(()),
+        };
+        if ready.is_ok() && self.seccomp == SeccompLevel::AllThreads {
+            ready = seccomp::apply(ThreadKind::Main, &filters.main);
+            if ready.is_err() {
+                StopHandle(self.stop.clone()).stop();
+            }
+        }
+        gate.open(ready.is_ok());
+        let result = match events.join() {
+            Ok(result) => result,
+            Err(_) => Err(VmError::EventLoopPanicked),
+        };
+        ready?;
+        result
+    }
+
     /// Tells a panic from an ordinary restart by the BIOS warm-reset flag (the word at
     /// 0x472 in the BIOS data area, 0x1234 = warm) that Linux writes just before resetting:
     /// warm only for a panic under `reboot=panic_warm`, cold (0) for `reboot`. An SEV-SNP
@@ -355,37 +455,17 @@ impl Vm {
         }
     }
 
-    fn event_loop(&self) -> Result<Wake, VmError> {
-        let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
-            .map_err(VmError::EventLoop)?;
-        let control = Arc::new(Mutex::new(Control::new(vec![
-            (self.shared.exit.event.try_clone()?, Wake::VcpuExit),
-            (EventFd::try_clone(&self.reset)?, Wake::Reset),
-            (self.stop.try_clone()?, Wake::Stop),
-        ])));
-        manager.add_subscriber(control.clone());
-        for device in &self.devices.subscribers {
-            manager.add_subscriber(device.clone());
-        }
-        let stdin = if self.forward_stdin {
-            let forwarder = Arc::new(Mutex::new(StdinForwarder::new(self.serial.clone())?));
-            manager.add_subscriber(forwarder.clone());
-            Some(forwarder)
-        } else {
-            None
-        };
-        loop {
-            let waiting = stdin.as_ref().is_some_and(|f| lock(f).waiting_for_room());
-            manager
-                .run_with_timeout(if waiting { 10 } else { -1 })
-                .map_err(VmError::EventLoop)?;
-            if let Some(wake) = lock(&control).woken {
-                return Ok(wake);
-            }
-            if let Some(f) = stdin.as_ref().filter(|f| lock(f).waiting_for_room()) {
-                lock(f).poll_room();
-            }
-        }
+    /// What the event loop needs, owned, so that it can run on another thread.
+    fn event_loop_parts(&self) -> Result<LoopParts, VmError> {
+        Ok(LoopParts {
+            sources: vec![
+                (self.shared.exit.event.try_clone()?, Wake::VcpuExit),
+                (EventFd::try_clone(&self.reset)?, Wake::Reset),
+                (self.stop.try_clone()?, Wake::Stop),
+            ],
+            subscribers: self.devices.subscribers.clone(),
+            stdin: self.forward_stdin.then(|| self.serial.clone()),
+        })
     }
 
     /// Tells every vCPU thread to stop, kicks them out of KVM_RUN until they do, and joins
@@ -405,6 +485,71 @@ impl Vm {
         }
         let mut serial = lock(&self.serial);
         let _ = serial.flush_output();
+    }
+}
+
+/// The event loop's inputs: the VM's own wake-up events, the device subscribers and, for
+/// a console on stdout, the serial port stdin feeds.
+struct LoopParts {
+    sources: Vec<(EventFd, Wake)>,
+    subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    stdin: Option<Arc<Mutex<SerialConsole>>>,
+}
+
+/// Runs the device event loop until something wakes the VM.
+fn event_loop(parts: LoopParts) -> Result<Wake, VmError> {
+    let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+        .map_err(VmError::EventLoop)?;
+    let control = Arc::new(Mutex::new(Control::new(parts.sources)));
+    manager.add_subscriber(control.clone());
+    for device in parts.subscribers {
+        manager.add_subscriber(device);
+    }
+    let stdin = match parts.stdin {
+        Some(serial) => {
+            let forwarder = Arc::new(Mutex::new(StdinForwarder::new(serial)?));
+            manager.add_subscriber(forwarder.clone());
+            Some(forwarder)
+        }
+        None => None,
+    };
+    loop {
+        let waiting = stdin.as_ref().is_some_and(|f| lock(f).waiting_for_room());
+        manager
+            .run_with_timeout(if waiting { 10 } else { -1 })
+            .map_err(VmError::EventLoop)?;
+        if let Some(wake) = lock(&control).woken {
+            return Ok(wake);
+        }
+        if let Some(f) = stdin.as_ref().filter(|f| lock(f).waiting_for_room()) {
+            lock(f).poll_room();
+        }
+    }
+}
+
+/// Holds the vCPU threads (filters installed) until every other filter is in place, or
+/// sends them home when the VM could not start.
+#[derive(Default)]
+struct StartGate {
+    state: Mutex<Option<bool>>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    fn open(&self, go: bool) {
+        *lock(&self.state) = Some(go);
+        self.opened.notify_all();
+    }
+
+    /// Whether the vCPU may run.
+    fn wait(&self) -> bool {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(go) = *state {
+                return go;
+            }
+            state = self.opened.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
     }
 }
 

@@ -27,8 +27,14 @@ struct Run {
     exit_ms: f64,
 }
 
-fn one_run(b: &Bench, vmm: Vmm) -> Option<Result<Run, RunError>> {
-    let command = b.tools.tiny_guest(vmm, &b.exit_guest, Shape::SMALL)?;
+/// The label of veil's runs without seccomp filters (the cost of seccomp: veil / this).
+const VEIL_NO_SECCOMP: &str = "veil --no-seccomp";
+
+fn one_run(b: &Bench, vmm: Vmm, no_seccomp: bool) -> Option<Result<Run, RunError>> {
+    let mut command = b.tools.tiny_guest(vmm, &b.exit_guest, Shape::SMALL)?;
+    if no_seccomp {
+        command.arg("--no-seccomp");
+    }
     Some((|| {
         let mut vm = Launched::spawn(command)?;
         let line_at = vm.wait_for_line(EXIT_GREETING, TINY_TIMEOUT)?;
@@ -45,24 +51,36 @@ pub fn run(b: &Bench) -> Section {
     let mut samples: BTreeMap<&str, Samples> = BTreeMap::new();
     let mut failures = Failures::default();
     for round in 0..b.plan.boot_rounds {
-        for vmm in rotated(round) {
-            match one_run(b, vmm) {
+        // veil without seccomp joins every round, first or last in turn.
+        let mut order: Vec<(Vmm, bool)> = rotated(round).into_iter().map(|v| (v, false)).collect();
+        if round % 2 == 0 {
+            order.insert(0, (Vmm::Veil, true));
+        } else {
+            order.push((Vmm::Veil, true));
+        }
+        for (vmm, no_seccomp) in order {
+            let name = if no_seccomp {
+                VEIL_NO_SECCOMP
+            } else {
+                vmm.name()
+            };
+            match one_run(b, vmm, no_seccomp) {
                 None => {}
                 Some(Ok(r)) => {
-                    let s = samples.entry(vmm.name()).or_default();
+                    let s = samples.entry(name).or_default();
                     s.line_ms.push(r.line_ms);
                     s.exit_ms.push(r.exit_ms);
                 }
-                Some(Err(e)) => failures.add(vmm.name(), e),
+                Some(Err(e)) => failures.add(name, e),
             }
         }
     }
     let mut line = BTreeMap::new();
-    for vmm in Vmm::ALL {
-        let Some(s) = samples.get(vmm.name()) else {
+    let names = Vmm::ALL.iter().map(|v| v.name()).chain([VEIL_NO_SECCOMP]);
+    for name in names {
+        let Some(s) = samples.get(name) else {
             continue;
         };
-        let name = vmm.name();
         line.insert(
             name,
             section.figure(format!("{name}: spawn -> guest line"), "ms", &s.line_ms),
@@ -80,6 +98,11 @@ pub fn run(b: &Bench) -> Section {
         "veil/qemu, spawn -> guest line (medians)",
         median_ratio(veil.as_ref(), get(Vmm::Qemu.name()).as_ref()),
         Some(TARGET_VS_QEMU),
+    );
+    section.ratio(
+        "veil/veil --no-seccomp, spawn -> guest line (medians): the cost of seccomp",
+        median_ratio(veil.as_ref(), get(VEIL_NO_SECCOMP).as_ref()),
+        None,
     );
     if b.tools.qemu.is_none() {
         section.note("qemu-system-x86_64 not found: QEMU columns skipped");

@@ -1,0 +1,164 @@
+//! Seccomp filters for the threads of a running VM, one allow list per thread kind
+//! ([`allowlist`]). A system call outside a thread's list kills the whole process
+//! (`SECCOMP_RET_KILL_PROCESS`): a vCPU thread is treated as compromised once the guest runs,
+//! and a killed VMM is better than one that goes on with an attacker's system call.
+//!
+//! Filters are per thread and permanent. [`Vm::run`](crate::Vm::run) installs them on the
+//! threads it creates (vCPUs and, when filtering, a dedicated event-loop thread) before the
+//! guest's first instruction; with [`SeccompLevel::AllThreads`] it also filters the calling
+//! thread, which a program should ask for only when that thread does nothing else afterwards
+//! (the `veil` binary).
+
+mod allowlist;
+
+use std::collections::BTreeMap;
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+
+/// Which threads get a filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeccompLevel {
+    /// No filters (debugging: `veil run --no-seccomp`).
+    Off,
+    /// The threads the VM creates: vCPUs and the device event loop, which then runs on its own
+    /// thread. The thread calling [`Vm::run`](crate::Vm::run) is left alone, so an embedding
+    /// program (the shim, tests) can go on doing anything once the VM ends. The library's
+    /// default.
+    #[default]
+    VmThreads,
+    /// The VM's threads and the thread calling [`Vm::run`](crate::Vm::run), which gets the
+    /// [`ThreadKind::Main`] filter once the VM's threads exist: for a process that only runs
+    /// one VM (the `veil` binary).
+    AllThreads,
+}
+
+/// The kinds of thread with their own allow list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// Runs KVM_RUN and the port/MMIO exits it returns.
+    Vcpu,
+    /// The device event loop: virtio-blk file I/O, vsock Unix sockets, stdin forwarding.
+    EventLoop,
+    /// The `veil` main thread (waits for the VM, then tears it down and reports) and its
+    /// signal-watching thread.
+    Main,
+}
+
+/// Errors building or installing a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("cannot build the {kind:?} seccomp filter: {source}")]
+    Build {
+        kind: ThreadKind,
+        source: seccompiler::BackendError,
+    },
+    #[error("cannot install the {kind:?} seccomp filter: {source}")]
+    Install {
+        kind: ThreadKind,
+        source: seccompiler::Error,
+    },
+}
+
+/// The compiled filter for one kind of thread: its allow list (anything else kills the
+/// process) and, for the vCPU and event-loop threads, a second program that makes `open` and
+/// `openat` fail with EACCES. The allow list lets those through to the second program on
+/// purpose: glibc's malloc opens `/proc/sys/vm/overcommit_memory` once, the first time it
+/// shrinks a thread arena's heap, and copes with the failure; killing the VMM for that would
+/// make any free() a hazard. A compromised thread still cannot open anything. (With stacked
+/// filters the kernel takes the strictest verdict: ERRNO over ALLOW, KILL over both.)
+#[derive(Debug, Clone)]
+pub struct ThreadFilter {
+    programs: Vec<BpfProgram>,
+}
+
+/// Builds the filter for one kind of thread.
+pub fn filter(kind: ThreadKind) -> Result<ThreadFilter, SeccompError> {
+    let build = |source| SeccompError::Build { kind, source };
+    let list = match kind {
+        ThreadKind::Vcpu => allowlist::vcpu(),
+        ThreadKind::EventLoop => allowlist::event_loop(),
+        ThreadKind::Main => allowlist::main_thread(),
+    }
+    .map_err(build)?;
+    let mut programs =
+        vec![compile(list, SeccompAction::KillProcess, SeccompAction::Allow).map_err(build)?];
+    if kind != ThreadKind::Main {
+        let opens = vec![(libc::SYS_open, Vec::new()), (libc::SYS_openat, Vec::new())];
+        programs.push(
+            compile(
+                opens,
+                SeccompAction::Allow,
+                SeccompAction::Errno(libc::EACCES as u32),
+            )
+            .map_err(build)?,
+        );
+    }
+    Ok(ThreadFilter { programs })
+}
+
+fn compile(
+    list: Vec<allowlist::Entry>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, seccompiler::BackendError> {
+    // An unconditional entry allows the call whatever its arguments; entries for the same
+    // call with conditions are alternatives.
+    let mut merged: BTreeMap<i64, Option<Vec<_>>> = BTreeMap::new();
+    for (nr, conditions) in list {
+        let entry = merged.entry(nr).or_insert_with(|| Some(Vec::new()));
+        match (entry.as_mut(), conditions.is_empty()) {
+            (_, true) => *entry = None,
+            (Some(rules), false) => rules.extend(conditions),
+            (None, false) => {}
+        }
+    }
+    let rules = merged
+        .into_iter()
+        .map(|(nr, rules)| (nr, rules.unwrap_or_default()))
+        .collect();
+    SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)?.try_into()
+}
+
+/// The filters for every kind of thread, compiled once before any is installed, so that a
+/// bad list fails before a thread starts.
+#[derive(Debug, Clone)]
+pub struct Filters {
+    pub vcpu: ThreadFilter,
+    pub event_loop: ThreadFilter,
+    pub main: ThreadFilter,
+}
+
+impl Filters {
+    pub fn new() -> Result<Self, SeccompError> {
+        Ok(Self {
+            vcpu: filter(ThreadKind::Vcpu)?,
+            event_loop: filter(ThreadKind::EventLoop)?,
+            main: filter(ThreadKind::Main)?,
+        })
+    }
+
+    /// The filter for `kind`.
+    pub fn get(&self, kind: ThreadKind) -> &ThreadFilter {
+        match kind {
+            ThreadKind::Vcpu => &self.vcpu,
+            ThreadKind::EventLoop => &self.event_loop,
+            ThreadKind::Main => &self.main,
+        }
+    }
+}
+
+/// Installs `filter` (the one for `kind`) on the calling thread, for good. seccompiler sets
+/// `no_new_privs` on the thread first, as seccomp requires without CAP_SYS_ADMIN.
+pub fn apply(kind: ThreadKind, filter: &ThreadFilter) -> Result<(), SeccompError> {
+    // The allow list last: installing a program calls prctl and seccomp, which it forbids.
+    for program in filter.programs.iter().rev() {
+        seccompiler::apply_filter(program)
+            .map_err(|source| SeccompError::Install { kind, source })?;
+    }
+    Ok(())
+}
+
+/// Builds and installs the filter for `kind` on the calling thread.
+pub fn apply_to_current_thread(kind: ThreadKind) -> Result<(), SeccompError> {
+    apply(kind, &filter(kind)?)
+}
