@@ -6,25 +6,7 @@ use sha2::{Digest, Sha256};
 
 use crate::protocols::{agent, oci};
 
-/// A policy that allows every request the agent serves.
-pub const ALLOW_ALL: &str = r#"package agent_policy
-
-default CreateContainerRequest := true
-default StartContainerRequest := true
-default RemoveContainerRequest := true
-default ExecProcessRequest := true
-default SignalProcessRequest := true
-default WaitProcessRequest := true
-default StatsContainerRequest := true
-default WriteStreamRequest := true
-default ReadStreamRequest := true
-default CloseStdinRequest := true
-default TtyWinResizeRequest := true
-default CreateSandboxRequest := true
-default DestroySandboxRequest := true
-default GuestDetailsRequest := true
-default SetPolicyRequest := true
-"#;
+pub use crate::policy::ALLOW_ALL;
 
 /// The lowercase hex SHA-256 of `text`: the HOST_DATA a policy is bound to.
 pub fn sha256_hex(text: &str) -> String {

@@ -7,24 +7,7 @@ use sha2::{Digest, Sha256};
 
 /// Used when a pod carries no policy annotation: every request the agent serves is allowed.
 /// A confidential pod that must not be driven arbitrarily by the host supplies its own.
-pub const ALLOW_ALL: &str = r#"package agent_policy
-
-default CreateContainerRequest := true
-default StartContainerRequest := true
-default RemoveContainerRequest := true
-default ExecProcessRequest := true
-default SignalProcessRequest := true
-default WaitProcessRequest := true
-default StatsContainerRequest := true
-default WriteStreamRequest := true
-default ReadStreamRequest := true
-default CloseStdinRequest := true
-default TtyWinResizeRequest := true
-default CreateSandboxRequest := true
-default DestroySandboxRequest := true
-default GuestDetailsRequest := true
-default SetPolicyRequest := true
-"#;
+pub use veil_agent::policy::ALLOW_ALL;
 
 /// A policy and the HOST_DATA it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

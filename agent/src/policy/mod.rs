@@ -9,6 +9,27 @@ pub use engine::{PolicyEngine, POLICY_PACKAGE};
 pub use gate::PolicyGate;
 pub use input::request_to_input_json;
 
+/// A policy that allows every request the agent serves: what a pod without a policy of its
+/// own runs under (the shim's default), and what tests load.
+pub const ALLOW_ALL: &str = r#"package agent_policy
+
+default CreateContainerRequest := true
+default StartContainerRequest := true
+default RemoveContainerRequest := true
+default ExecProcessRequest := true
+default SignalProcessRequest := true
+default WaitProcessRequest := true
+default StatsContainerRequest := true
+default WriteStreamRequest := true
+default ReadStreamRequest := true
+default CloseStdinRequest := true
+default TtyWinResizeRequest := true
+default CreateSandboxRequest := true
+default DestroySandboxRequest := true
+default GuestDetailsRequest := true
+default SetPolicyRequest := true
+"#;
+
 /// Errors from loading or applying a policy.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
