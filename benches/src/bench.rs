@@ -35,6 +35,10 @@ pub struct Plan {
     /// after which no further boot starts there.
     pub nested_rounds: usize,
     pub nested_budget: Duration,
+    /// Interleaved rounds of CRI pod starts (veil VM sandbox, runc) inside one L1, and the
+    /// time after which no further round starts there.
+    pub nested_pod_rounds: usize,
+    pub nested_pod_budget: Duration,
 }
 
 impl Plan {
@@ -57,6 +61,8 @@ impl Plan {
             pod_rounds: 3,
             nested_rounds: 2,
             nested_budget: Duration::from_secs(150),
+            nested_pod_rounds: 2,
+            nested_pod_budget: Duration::from_secs(120),
         }
     }
 
@@ -79,6 +85,8 @@ impl Plan {
             pod_rounds: 15,
             nested_rounds: 7,
             nested_budget: Duration::from_secs(1800),
+            nested_pod_rounds: 7,
+            nested_pod_budget: Duration::from_secs(1500),
         }
     }
 }

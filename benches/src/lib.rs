@@ -11,6 +11,7 @@ pub mod launch;
 pub mod machine;
 pub mod model_launch;
 pub mod nested;
+pub mod nested_pod;
 pub mod openssl_speed;
 pub mod pod;
 pub mod proc_mem;

@@ -47,6 +47,9 @@ struct Args {
     /// Internal: the nested section's measurements, run inside L1 from the plan in this file.
     #[arg(long, value_name = "PLAN", hide = true)]
     nested_inner: Option<PathBuf>,
+    /// Internal: the nested pod-start measurements, run inside L1 from the plan in this file.
+    #[arg(long, value_name = "PLAN", hide = true)]
+    pod_start_inner: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +230,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("veil-benches: nested measurements: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(plan) = &args.pod_start_inner {
+        return match veil_benches::nested_pod::inner_main(plan) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("veil-benches: nested pod-start measurements: {e}");
                 ExitCode::FAILURE
             }
         };

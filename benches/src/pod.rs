@@ -1,7 +1,8 @@
-//! A containerd of the harness's own for the pod-start section: private config, sockets and
+//! A containerd of the harness's own for the pod-start sections: private config, sockets and
 //! directories under a temporary directory, a busybox image (one layer, the host's static
-//! busybox) as container and pause image in the `k8s.io` namespace, the veil shim on its PATH
-//! with a process-sandbox config, and a CRI client that talks to it the way kubelet does.
+//! busybox) as container and pause image in the `k8s.io` namespace, runc and the veil shim
+//! (process or VM sandboxes) as runtime handlers, and a CRI client that talks to it the way
+//! kubelet does.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,8 +17,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 /// The image both runtimes run; also the pause image (its command sleeps).
 pub const IMAGE: &str = "docker.io/library/busybox:bench";
 pub const PAUSE_IMAGE: &str = "docker.io/library/pause:bench";
-/// Longest wait for containerd to answer, or a container's first output.
-const WAIT: Duration = Duration::from_secs(60);
+/// Longest wait for containerd to answer, or (on the host) a container's first output.
+pub const WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -46,6 +47,31 @@ pub enum PodError {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PodError {
     let what = what.into();
     move |source| PodError::Io { what, source }
+}
+
+/// `cargo build --release` of the shim and the agent; returns the release directory.
+pub fn build_shim_and_agent() -> Result<PathBuf, String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace");
+    for (package, bin) in [
+        ("containerd-shim-veil-v2", "containerd-shim-veil-v2"),
+        ("veil-agent", "veil-agent"),
+    ] {
+        let status = Command::new(&cargo)
+            .current_dir(root)
+            .args(["build", "--release", "-p", package, "--bin", bin])
+            .status()
+            .map_err(|e| format!("cargo build {bin}: {e}"))?;
+        if !status.success() {
+            return Err(format!("cargo build {bin}: {status}"));
+        }
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release"))
 }
 
 /// Why this host cannot run the section, if it cannot.
@@ -160,10 +186,53 @@ pub struct Containerd {
     pub socket: PathBuf,
 }
 
+/// Which kind of sandbox the veil runtime handler gets.
+#[derive(Debug, Clone, Copy)]
+pub enum ShimSandbox<'a> {
+    /// `veil-agent` as a host child (no VM): hosts whose KVM cannot run a guest.
+    Process { agent: &'a Path },
+    /// One veil VM per pod, booting this kernel and initramfs (needs a real KVM).
+    Vm { kernel: &'a Path, initrd: &'a Path },
+}
+
+impl ShimSandbox<'_> {
+    /// The shim config's lines for this sandbox kind.
+    fn config(&self) -> String {
+        match self {
+            Self::Process { agent } => format!(
+                "sandbox = \"process\"\n[process]\nagent = \"{}\"\n",
+                agent.display()
+            ),
+            Self::Vm { kernel, initrd } => format!(
+                "sandbox = \"vm\"\n[vm]\nkernel = \"{}\"\ninitrd = \"{}\"\nvcpus = {}\nmemory_mib = {}\n",
+                kernel.display(),
+                initrd.display(),
+                crate::nested::VCPUS,
+                crate::nested::MEM_MIB,
+            ),
+        }
+    }
+}
+
+/// Where containerd's own log goes: the file `VEIL_BENCH_CONTAINERD_LOG` names (to see why a
+/// runtime failed), else nowhere.
+fn containerd_log() -> Result<Stdio, PodError> {
+    match std::env::var_os("VEIL_BENCH_CONTAINERD_LOG") {
+        Some(path) => {
+            let file = std::fs::File::create(&path).map_err(io(format!(
+                "creating VEIL_BENCH_CONTAINERD_LOG={}",
+                Path::new(&path).display()
+            )))?;
+            Ok(file.into())
+        }
+        None => Ok(Stdio::null()),
+    }
+}
+
 impl Containerd {
-    /// Starts containerd with runtime handlers `runc` and `veil` (the shim in `bin_dir`, process
-    /// sandbox, agent `agent`), and imports the images.
-    pub fn start(bin_dir: &Path, agent: &Path) -> Result<Self, PodError> {
+    /// Starts containerd with runtime handlers `runc` and `veil` (the shim in `bin_dir`, with
+    /// `sandbox`), and imports the images.
+    pub fn start(bin_dir: &Path, sandbox: ShimSandbox<'_>) -> Result<Self, PodError> {
         let dir = tempfile::Builder::new()
             .prefix("veil-bench-pod")
             .tempdir_in("/tmp")
@@ -171,22 +240,27 @@ impl Containerd {
         let d = dir.path();
         let socket = d.join("containerd.sock");
         let shim_config = d.join("shim.toml");
+        // Top-level keys first: the sandbox's own table follows.
         std::fs::write(
             &shim_config,
             format!(
-                "sandbox = \"process\"\nstate_dir = \"{}\"\nimage_cache_dir = \"{}\"\n[process]\nagent = \"{}\"\n",
+                "state_dir = \"{}\"\nimage_cache_dir = \"{}\"\n{}",
                 d.join("shim-state").display(),
                 d.join("images").display(),
-                agent.display()
+                sandbox.config()
             ),
         )
         .map_err(io("writing the shim config"))?;
         std::fs::create_dir_all(d.join("cni")).map_err(io("creating the CNI dir"))?;
         let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
+        // `restrict_oom_score_adj`: CRI gives a pod sandbox oom_score_adj -998, and lowering it
+        // needs CAP_SYS_RESOURCE, which root lacks on some hosts (these CI machines among them:
+        // runc init then dies with "can't get final child's PID from pipe"). The option caps
+        // the value at containerd's own, for both runtimes alike.
         let config = format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n\
              [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n\
-             [{cri}]\n  sandbox_image = \"{PAUSE_IMAGE}\"\n\
+             [{cri}]\n  sandbox_image = \"{PAUSE_IMAGE}\"\n  restrict_oom_score_adj = true\n\
              [{cri}.cni]\n  conf_dir = \"{cni}\"\n  bin_dir = \"{cni}\"\n\
              [{cri}.containerd]\n  snapshotter = \"overlayfs\"\n\
              [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
@@ -210,7 +284,7 @@ impl Containerd {
             .arg(&config_path)
             .env("PATH", path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(containerd_log()?)
             .spawn()
             .map_err(io("starting containerd"))?;
         let c = Self { child, dir, socket };
@@ -304,6 +378,7 @@ pub async fn pod_start_ms(
     handler: &str,
     name: &str,
     log_dir: &Path,
+    wait: Duration,
 ) -> Result<f64, PodError> {
     let cri = |call| move |status| PodError::Cri { call, status };
     let pod = PodSandboxConfig {
@@ -372,8 +447,8 @@ pub async fn pod_start_ms(
             .map_err(cri("StartContainer"))?;
         // CRI writes each output line to the log file as it arrives; poll it finely.
         while std::fs::metadata(&log).map_or(0, |m| m.len()) == 0 {
-            if start.elapsed() > WAIT {
-                return Err(PodError::NoOutput(id, WAIT));
+            if start.elapsed() > wait {
+                return Err(PodError::NoOutput(id, wait));
             }
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
@@ -397,4 +472,57 @@ pub async fn pod_start_ms(
     stop?;
     remove?;
     Ok(ms)
+}
+
+/// Runtime handlers compared, in the order of the first round.
+pub const HANDLERS: [&str; 2] = ["veil", "runc"];
+
+/// What a series of interleaved pod starts gave: milliseconds per handler (in `HANDLERS`
+/// order) and the runs that failed, as (handler, error).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PodStarts {
+    pub samples: [Vec<f64>; 2],
+    pub failures: Vec<(String, String)>,
+    /// Rounds not started because the time budget ran out.
+    pub rounds_skipped: usize,
+}
+
+/// `rounds` rounds of one pod start per handler, the order alternating between rounds so
+/// neither handler always runs on a warmer machine. No round starts after `budget`;
+/// `after_each` sees the figures so far after every pod start.
+pub async fn interleaved_pod_starts(
+    containerd: &Containerd,
+    rounds: usize,
+    wait: Duration,
+    budget: Duration,
+    mut after_each: impl FnMut(&PodStarts),
+) -> Result<PodStarts, PodError> {
+    let started = Instant::now();
+    let mut client = containerd.cri().await?;
+    let mut starts = PodStarts::default();
+    for round in 0..rounds {
+        if started.elapsed() > budget {
+            starts.rounds_skipped = rounds - round;
+            break;
+        }
+        for k in 0..HANDLERS.len() {
+            let i = (k + round) % HANDLERS.len();
+            let handler = HANDLERS[i];
+            let logs = containerd
+                .dir
+                .path()
+                .join(format!("logs-{handler}-{round}"));
+            std::fs::create_dir_all(&logs).map_err(io("creating a log dir"))?;
+            let name = format!("bench-{handler}-{round}");
+            match pod_start_ms(&mut client, handler, &name, &logs, wait).await {
+                Ok(ms) => starts.samples[i].push(ms),
+                Err(e) => {
+                    tracing::warn!("{handler} pod start failed: {e}");
+                    starts.failures.push((handler.to_string(), e.to_string()));
+                }
+            }
+            after_each(&starts);
+        }
+    }
+    Ok(starts)
 }

@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod memory;
 pub mod nested;
 pub mod pod_start;
+pub mod pod_start_nested;
 pub mod snp;
 
 use crate::bench::Bench;
@@ -57,6 +58,10 @@ pub const ALL: &[Entry] = &[
     Entry {
         name: "pod-start",
         run: pod_start::run,
+    },
+    Entry {
+        name: "pod-start-nested",
+        run: pod_start_nested::run,
     },
 ];
 
