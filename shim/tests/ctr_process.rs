@@ -24,6 +24,12 @@ fn cat_echoes_stdin() {
 }
 
 #[test]
+fn terminal_has_ctr_size() {
+    require_host!();
+    ctr::terminal_has_ctr_size(&Containerd::start());
+}
+
+#[test]
 fn exec_runs_a_second_process_and_kill_stops_the_first() {
     require_host!();
     ctr::exec_runs_a_second_process_and_kill_stops_the_first(&Containerd::start());

@@ -4,6 +4,8 @@
 
 use std::io::Read;
 
+use veil_tests::nested::shell_quote;
+
 use super::*;
 
 /// A shell that prints `ready`, then runs until SIGTERM, which it answers with exit 143.
@@ -37,6 +39,56 @@ pub fn cat_echoes_stdin(c: &Containerd) {
     assert!(out.status.success(), "{}\n{}", describe(&out), c.log_text());
     assert_eq!(stdout_of(&out), "ping\npong\n");
     c.assert_clean(&["cat1"]);
+}
+
+/// `ctr run -t`: the container's stdio is a terminal whose size becomes ctr's own (ctr sends
+/// resize-pty after start, so the container waits for it, up to 30 s). ctr needs a terminal
+/// of its own for `-t`; util-linux's `script` gives it one, 33 rows by 101 columns, and copies
+/// what ctr prints.
+pub fn terminal_has_ctr_size(c: &Containerd) {
+    let address = c.address.display().to_string();
+    let shim_config = c.shim_config.display().to_string();
+    let ctr_line = [
+        "/usr/bin/ctr",
+        "-a",
+        &address,
+        "-n",
+        NAMESPACE,
+        "run",
+        "-t",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &shim_config,
+        IMAGE,
+        "tty1",
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && echo on-a-tty; i=0; \
+         while [ \"$(stty size)\" != '33 101' ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+         stty size",
+    ]
+    .map(shell_quote)
+    .join(" ");
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!("stty rows 33 cols 101; {ctr_line}"))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    let text = stdout_of(&out);
+    assert!(
+        out.status.success(),
+        "{}
+{}",
+        describe(&out),
+        c.log_text()
+    );
+    assert!(text.contains("on-a-tty"), "{}", describe(&out));
+    assert!(text.contains("33 101"), "{}", describe(&out));
+    c.assert_clean(&["tty1"]);
 }
 
 pub fn exec_runs_a_second_process_and_kill_stops_the_first(c: &Containerd) {
