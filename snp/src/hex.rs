@@ -13,7 +13,7 @@ pub fn encode(bytes: &[u8]) -> String {
 /// Decodes hex of any length (optional `0x` prefix); None on odd length or non-hex characters.
 pub fn decode(input: &str) -> Option<Vec<u8>> {
     let s = input.strip_prefix("0x").unwrap_or(input).as_bytes();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     s.chunks(2)

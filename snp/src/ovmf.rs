@@ -93,7 +93,10 @@ pub struct Ovmf<'a> {
 
 impl<'a> Ovmf<'a> {
     pub fn parse(image: &'a [u8]) -> Result<Self, OvmfError> {
-        if image.is_empty() || image.len() > MAX_IMAGE || image.len() % PAGE_SIZE as usize != 0 {
+        if image.is_empty()
+            || image.len() > MAX_IMAGE
+            || !image.len().is_multiple_of(PAGE_SIZE as usize)
+        {
             return Err(OvmfError::BadSize(image.len()));
         }
         let table = footer_table(image)?;

@@ -254,10 +254,10 @@ impl<C: SevCommands> LaunchFirmware for KvmSnpFirmware<C> {
             return Err(FirmwareError::VmsaUpdate(gpa));
         }
         let len = data.len() as u64;
-        if gpa % PAGE_SIZE != 0 {
+        if !gpa.is_multiple_of(PAGE_SIZE) {
             return Err(DigestError::UnalignedGpa { gpa, page_type }.into());
         }
-        if len % PAGE_SIZE != 0 || len == 0 {
+        if !len.is_multiple_of(PAGE_SIZE) || len == 0 {
             return Err(DigestError::UnalignedLength {
                 gpa,
                 len,

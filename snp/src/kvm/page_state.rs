@@ -59,7 +59,7 @@ impl PageStateHandler {
 
     /// Within one RAM range, page aligned, non-empty, no overflow.
     fn valid(&self, gpa: u64, size: u64) -> bool {
-        if size == 0 || gpa % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
+        if size == 0 || !gpa.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
             return false;
         }
         let Some(end) = gpa.checked_add(size) else {
