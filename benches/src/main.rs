@@ -28,7 +28,7 @@ struct Args {
     /// Run only these sections (comma separated).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     only: Vec<String>,
-    /// The `veil` binary to measure; by default it is built (release) from this workspace.
+    /// The `veil` binary to measure; by default it is built as it ships (vmm/build-dist.sh).
     #[arg(long, value_name = "PATH")]
     veil: Option<PathBuf>,
     /// The floor binary; by default it is built (release) from this workspace.
@@ -96,25 +96,50 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// `cargo build --release` of `veil` and `kvm-floor`, so the figures are for the current code.
-/// One package per invocation, as `cargo build -p veil-vmm` and `cargo run -p veil-benches`
-/// do: building both at once unifies dependency features differently and rebuilds them.
-fn build_binaries() -> Result<(), MainError> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    for (what, package, bin) in [
-        ("veil", "veil-vmm", "veil"),
-        ("kvm-floor", "veil-benches", "kvm-floor"),
-    ] {
-        let status = Command::new(&cargo)
-            .current_dir(workspace_root())
-            .args(["build", "--release", "-p", package, "--bin", bin])
-            .status()
-            .map_err(|source| MainError::CargoSpawn { what, source })?;
-        if !status.success() {
-            return Err(MainError::CargoFailed { what, status });
-        }
+/// Builds `veil` as it ships (`vmm/build-dist.sh`: static-pie, `dist` profile) and
+/// `kvm-floor` (`cargo build --release`), so the figures are for the current code; returns
+/// veil's path. One package per cargo invocation, as `cargo build -p veil-vmm` and
+/// `cargo run -p veil-benches` do: building both at once unifies dependency features
+/// differently and rebuilds them.
+fn build_binaries() -> Result<PathBuf, MainError> {
+    let script = workspace_root().join("vmm/build-dist.sh");
+    let out = Command::new(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|source| MainError::CargoSpawn {
+            what: "veil",
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(MainError::CargoFailed {
+            what: "veil",
+            status: out.status,
+        });
     }
-    Ok(())
+    let veil = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "veil-benches",
+            "--bin",
+            "kvm-floor",
+        ])
+        .status()
+        .map_err(|source| MainError::CargoSpawn {
+            what: "kvm-floor",
+            source,
+        })?;
+    if !status.success() {
+        return Err(MainError::CargoFailed {
+            what: "kvm-floor",
+            status,
+        });
+    }
+    Ok(veil)
 }
 
 /// QEMU's full path, when it is installed.
@@ -135,12 +160,14 @@ fn run(args: Args) -> Result<PathBuf, MainError> {
             return Err(MainError::UnknownSection(name.clone()));
         }
     }
-    if args.veil.is_none() || args.floor.is_none() {
-        build_binaries()?;
-    }
+    let built_veil = if args.veil.is_none() || args.floor.is_none() {
+        Some(build_binaries()?)
+    } else {
+        None
+    };
     let release = target_dir().join("release");
     let tools = Tools {
-        veil: args.veil.unwrap_or_else(|| release.join("veil")),
+        veil: args.veil.or(built_veil).expect("built when not given"),
         floor: args.floor.unwrap_or_else(|| release.join("kvm-floor")),
         qemu: find_qemu(&args.qemu),
     };
