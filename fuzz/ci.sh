@@ -28,12 +28,16 @@ max_len() {
 }
 
 export RUSTC_BOOTSTRAP=1
+# The device targets write and fsync scratch disk images every run: on tmpfs that is cheap.
+if [[ -d /dev/shm && -w /dev/shm ]]; then
+    export TMPDIR=/dev/shm
+fi
 cargo fuzz build -O --target-dir ../target/fuzz
 bin=../target/fuzz/x86_64-unknown-linux-gnu/release
 artifacts=../target/fuzz/artifacts
 mkdir -p "$artifacts"
 scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
+trap 'rm -rf "$scratch" "$TMPDIR"/veil-fuzz-*' EXIT
 
 printf '%-18s %12s %s\n' target executions result
 for t in "${targets[@]}"; do
