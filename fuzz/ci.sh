@@ -6,7 +6,8 @@
 #   fuzz/ci.sh [seconds per target] [target...]
 #
 # Stable Rust: cargo-fuzz's -Z flags are accepted with RUSTC_BOOTSTRAP=1. The build goes to
-# the root target/fuzz so CI's target cache keeps it.
+# the root target/fuzz so CI's target cache keeps it; debug assertions and overflow checks
+# stay on, so arithmetic on untrusted lengths that would wrap is a crash.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
@@ -32,7 +33,7 @@ export RUSTC_BOOTSTRAP=1
 if [[ -d /dev/shm && -w /dev/shm ]]; then
     export TMPDIR=/dev/shm
 fi
-cargo fuzz build -O --target-dir ../target/fuzz
+cargo fuzz build -O --debug-assertions --target-dir ../target/fuzz
 bin=../target/fuzz/x86_64-unknown-linux-gnu/release
 artifacts=../target/fuzz/artifacts
 mkdir -p "$artifacts"
