@@ -144,11 +144,23 @@ fn five_hundred_sequential_and_twenty_way_concurrent_vms_leave_fds_threads_and_r
          sequential cycles {rss_seen} KiB"
     );
 
-    assert_eq!(after_sequential.fds, warm.fds, "fds leaked by sequential VMs");
+    assert_eq!(
+        after_sequential.fds, warm.fds,
+        "fds leaked by sequential VMs"
+    );
     assert_eq!(end.fds, warm.fds, "fds leaked by concurrent VMs");
-    assert_eq!(warm.threads, before.threads, "threads left by the warm-up VMs");
-    assert_eq!(after_sequential.threads, before.threads, "threads left by sequential VMs");
-    assert_eq!(end.threads, before.threads, "threads left by concurrent VMs");
+    assert_eq!(
+        warm.threads, before.threads,
+        "threads left by the warm-up VMs"
+    );
+    assert_eq!(
+        after_sequential.threads, before.threads,
+        "threads left by sequential VMs"
+    );
+    assert_eq!(
+        end.threads, before.threads,
+        "threads left by concurrent VMs"
+    );
     // A leak of even 10 KiB per VM would add 6 MiB over the run; the allocator's own slack
     // after warm-up is far below that.
     let bound = warm.rss_kib + (warm.rss_kib / 4).max(4 << 10);
