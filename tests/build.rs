@@ -15,6 +15,8 @@ const GUESTS: &[&str] = &[
     "virtio_vsock",
     "boot_timer",
     "panic_reset",
+    "blk_fault",
+    "mmio_storm",
 ];
 const FLAGS: &[&str] = &[
     "-O2",

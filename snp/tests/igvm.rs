@@ -547,6 +547,38 @@ fn page_data_offset_before_the_file_data_is_refused() {
     assert!(err.to_string().contains("outside the file data"), "{err}");
 }
 
+/// Found by fuzzing (`fuzz/ci.sh`, target `igvm_load`, with overflow checks): a parameter
+/// area of zero bytes whose nonzero file offset lies before the file data section made the
+/// igvm crate subtract with overflow (a panic in debug builds).
+#[test]
+fn empty_parameter_area_offset_before_the_file_data_is_refused() {
+    let file = patched(0x301, false, |body, data_start| {
+        body[0..8].copy_from_slice(&0u64.to_le_bytes());
+        body[12..16].copy_from_slice(&(data_start - 8).to_le_bytes());
+    });
+    let err = load_igvm(&file).unwrap_err();
+    assert!(matches!(err, IgvmError::Layout(_)), "{err}");
+    assert!(err.to_string().contains("outside the file data"), "{err}");
+}
+
+/// The fuzzer's own input for the same bug, as the target fixes up its size and checksum:
+/// a 60-byte file with one zero-byte parameter area at file offset 0x10.
+#[test]
+fn fuzzer_input_with_an_empty_parameter_area_before_the_data_is_refused() {
+    let mut file = vec![
+        0x49, 0x47, 0x56, 0x4d, 0x01, 0x00, 0x00, 0x00, 0x18, 0x00, 0x00, 0x00, 0x19, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x36, 0x00, 0x01, 0x03, 0x00, 0x00, 0x10, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x17, 0x00, 0x00, 0x24, 0x10,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x23,
+    ];
+    assert_eq!(file.len(), 60);
+    let len = file.len() as u32;
+    file[16..20].copy_from_slice(&len.to_le_bytes());
+    fix_checksum(&mut file);
+    let err = load_igvm(&file).unwrap_err();
+    assert!(matches!(err, IgvmError::Layout(_)), "{err}");
+}
+
 /// Found by fuzzing: igvm subtracts the file data start from a VP context's file offset
 /// even when the offset is zero.
 #[test]

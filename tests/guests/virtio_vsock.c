@@ -6,7 +6,11 @@
  *                    3, send as many of stream 4, then SHUTDOWN and expect the host's RST;
  *   vsock.buf=N      the receive buffer we advertise (buf_alloc), default 16 KiB;
  *   vsock.bench_mib=N  with vsock.connect: stream N MiB each way and 1000 one-byte round
- *                    trips instead, reporting TSC cycles (the host side echoes).
+ *                    trips instead, reporting TSC cycles (the host side echoes);
+ *   vsock.flood=1    ignore the host's credit when sending, as a hostile guest would.
+ * A stream the host ends while we send is reported as "<who> stream ended by host after N
+ * rst=R shutdown=S" (a host test that breaks the stream expects it; others miss the line
+ * that would have followed).
  * Byte k of stream s is ((k % 251) * 7 + s * 29 + 3) & 0xff: periodic, so that sending is
  * pointing into a prebuilt buffer and checking is one `repe cmps` (guest code is slow here,
  * see virtio.h), and the prime period still catches lost, repeated or reordered data. Credit is respected both ways: we
@@ -274,16 +278,23 @@ static void hold_rx(void) {
 /* Sends `total` bytes of `stream` within the host's credit, asking for more when it runs out
  * (and saying so the first time, prefixed with `who`, so a host test can hold off reading
  * until the guest is stalled). */
+static int flood;
+
 static int send_stream(const char *who, u8 stream, u32 total) {
     u32 sent = 0;
     int stalled = 0;
     while (sent < total) {
-        if (conn.state != ESTABLISHED) { fail("stream closed while sending"); return -1; }
-        u32 credit = conn.peer_buf_alloc - (conn.tx_cnt - conn.peer_fwd_cnt);
+        if (conn.state != ESTABLISHED || conn.got_shutdown) {
+            puts(who); puts(" stream ended by host after "); put_dec(sent);
+            puts(" rst="); put_dec((u64)conn.got_rst); puts(" shutdown="); put_dec((u64)(conn.got_shutdown & 3)); puts("\n");
+            return -1;
+        }
+        u32 credit = flood ? MAX_TX_PAYLOAD : conn.peer_buf_alloc - (conn.tx_cnt - conn.peer_fwd_cnt);
         if (credit == 0) {
             if (!stalled++) { puts(who); puts(" waiting for credit after "); put_dec(sent); puts("\n"); }
             send_ctl(OP_CREDIT_REQUEST, 0);
-            if (!WAIT_FOR(conn.state != ESTABLISHED || conn.peer_buf_alloc - (conn.tx_cnt - conn.peer_fwd_cnt) > 0, "host credit"))
+            if (!WAIT_FOR(conn.state != ESTABLISHED || conn.got_shutdown ||
+                              conn.peer_buf_alloc - (conn.tx_cnt - conn.peer_fwd_cnt) > 0, "host credit"))
                 return -1;
             continue;
         }
@@ -397,6 +408,7 @@ void guest_main(const u8 *boot_params) {
     if (i == n) { fail("no virtio-vsock device on the command line"); puts("failed\n"); return; }
     dev = found[i];
     buf_alloc = (u32)cmdline_u64(cmdline, "vsock.buf=", buf_alloc);
+    flood = cmdline_u64(cmdline, "vsock.flood=", 0) != 0;
     if (virtio_negotiate(&dev, 0) < 0 || vq_init(&rxq, &dev, 0, &pages[0], RX_BUFS) < 0 ||
         vq_init(&txq, &dev, 1, &pages[1], 16) < 0 || vq_init(&evq, &dev, 2, &pages[2], 4) < 0 ||
         virtio_driver_ok(&dev) < 0) {

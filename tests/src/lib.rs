@@ -33,6 +33,15 @@ pub enum Guest {
     /// Sets the BIOS warm-reset flag and resets, as Linux does after a panic under
     /// `reboot=panic_warm`.
     PanicReset,
+    /// Sets up the first virtio-blk disk, prints `fault ready`, waits for a byte on the
+    /// serial console (the host breaks the backing file meanwhile), then reads, writes
+    /// (`blk.write_kib=K`), flushes and reads again, reporting each status. See
+    /// `tests/guests/blk_fault.c`.
+    BlkFault,
+    /// Reads and writes of every width to unmapped MMIO and across every virtio device's
+    /// register window, then resets the first disk and reads sector 0 through it. See
+    /// `tests/guests/mmio_storm.c`.
+    MmioStorm,
 }
 
 impl Guest {
@@ -47,6 +56,8 @@ impl Guest {
             Guest::VirtioVsock => env!("VEIL_GUEST_VIRTIO_VSOCK"),
             Guest::BootTimer => env!("VEIL_GUEST_BOOT_TIMER"),
             Guest::PanicReset => env!("VEIL_GUEST_PANIC_RESET"),
+            Guest::BlkFault => env!("VEIL_GUEST_BLK_FAULT"),
+            Guest::MmioStorm => env!("VEIL_GUEST_MMIO_STORM"),
         })
     }
 }

@@ -6,8 +6,9 @@
 //! before the file data section, and release builds wrap and then index out of bounds (the
 //! header split, a VBS VP context). It also adds a parameter area's 64-bit size to its
 //! offset unchecked, and subtracts a VP context's offset even when it is zero (which for
-//! page data and parameter areas means "no data"). A file that fails these checks is
-//! malformed anyway: every directive's data must lie inside the file data section.
+//! page data and parameter areas means "no data") or when the data is zero bytes long. A file
+//! that fails these checks is malformed anyway: every directive's data, and every nonzero
+//! file offset, must lie inside the file data section.
 
 use igvm_defs::IgvmVariableHeaderType as VHT;
 
@@ -88,7 +89,8 @@ pub(super) fn check_section_bounds(bytes: &[u8]) -> Result<(), IgvmError> {
                 && offset
                     .checked_add(data_len)
                     .is_some_and(|end| end <= bytes.len() as u64);
-            if data_len != 0 && !inside {
+            // A nonzero offset is subtracted from the data start even for zero bytes.
+            if (data_len != 0 || offset != 0) && !inside {
                 return bad(format!(
                     "header type {typ:#x} at {:#x} reads {data_len:#x} bytes at file offset \
                      {offset:#x}, outside the file data ({data_start:#x}..{:#x})",
