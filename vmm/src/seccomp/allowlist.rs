@@ -215,6 +215,8 @@ pub fn main_thread() -> Result<Vec<Entry>> {
         // Teardown: the vsock listener's socket file is removed.
         any(libc::SYS_unlink),
         any(libc::SYS_unlinkat),
+        // The control socket (`--control-fd`): requests, some carrying an image's fd.
+        any(libc::SYS_recvmsg),
         // --metrics-json: std::fs::write (allowed for real on this thread).
         any(libc::SYS_writev),
         any(libc::SYS_fstat),
