@@ -46,12 +46,24 @@ pub fn enter_empty_root() -> Result<(), JailError> {
     )?;
     // SAFETY: pivot_root has no libc wrapper; both arguments are valid C strings.
     let rc = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
-    check(rc, "pivot into the jail's root")?;
-    // SAFETY: umount2 with a valid C string; "." is the host's root stacked on ours.
-    check(
-        unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) }.into(),
-        "detach the host's root",
-    )?;
+    if rc == 0 {
+        // SAFETY: umount2 with a valid C string; "." is the host's root stacked on ours.
+        check(
+            unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) }.into(),
+            "detach the host's root",
+        )?;
+    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // The process already runs chrooted below a root that cannot be pivoted (an
+        // initramfs: the nested test harness). A chroot into the empty tmpfs hides the same:
+        // without CAP_SYS_CHROOT, which the jail drops, there is no way back out.
+        // SAFETY: chroot with a valid C string.
+        check(
+            unsafe { libc::chroot(c".".as_ptr()) }.into(),
+            "enter the jail's root (chroot)",
+        )?;
+    } else {
+        check(rc, "pivot into the jail's root")?;
+    }
     // SAFETY: chdir with a valid C string.
     check(
         unsafe { libc::chdir(c"/".as_ptr()) }.into(),
