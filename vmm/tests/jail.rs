@@ -303,3 +303,27 @@ fn the_control_socket_swaps_disks_and_its_closing_stops_the_vm() {
     let (status, err) = vm.finish();
     assert_eq!(status.code(), Some(0), "{err}");
 }
+
+/// SIGKILL of `veil` (the relay) takes the jailed VMM with it: nothing keeps running.
+#[test]
+fn the_jailed_vmm_dies_with_its_relay() {
+    let mut vm = Jailed::start(Guest::Idle, &[]);
+    vm.wait_line("veil-test-guest idle");
+    let vmm = vm.vmm_pid();
+    vm.child.kill().unwrap();
+    vm.child.wait().unwrap();
+    // Reaped by init (or left a zombie for a moment): either way it runs no more.
+    let gone = (0..600).any(|_| {
+        let state = std::fs::read_to_string(format!("/proc/{vmm}/stat")).unwrap_or_default();
+        let running = state
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X");
+        if running {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        !running
+    });
+    assert!(gone, "the jailed VMM {vmm} outlived its relay");
+}
