@@ -10,6 +10,13 @@ use std::time::Duration;
 use common::*;
 use veil_tests::nested::run_test_in_l1;
 
+/// Builds, on the host (L1 sees the workspace read-only), the binaries the shim finds next
+/// to itself: `veil` for the jailed VMs (the default) and the agent its config names.
+fn build_binaries() {
+    veil_binary();
+    agent_binary();
+}
+
 /// containerd whose shim makes VM sandboxes from the project's guest kernel and initramfs.
 fn containerd_with_vm_sandboxes() -> Containerd {
     let kernel = veil_tests::guest_kernel("vmlinux");
@@ -34,6 +41,7 @@ fn containerd_with_vm_sandboxes() -> Containerd {
 
 #[test]
 fn vm_sandboxes_run_ctr_echo_exit_code_stdin_exec_and_kill() {
+    build_binaries();
     if !run_test_in_l1(
         "vm_sandboxes_run_ctr_echo_exit_code_stdin_exec_and_kill",
         Duration::from_secs(1800),
@@ -51,6 +59,7 @@ fn vm_sandboxes_run_ctr_echo_exit_code_stdin_exec_and_kill() {
 
 #[test]
 fn vm_sandbox_serves_a_two_container_cri_pod() {
+    build_binaries();
     if !run_test_in_l1(
         "vm_sandbox_serves_a_two_container_cri_pod",
         Duration::from_secs(1800),
