@@ -94,7 +94,12 @@ impl JailedVmm {
         control.swap(index, &file).map_err(|e| e.to_string())
     }
 
-    /// Stops the VM as SIGTERM does (`veil` relays it into the jail).
+    /// The `veil` process (the jail's relay; the VMM is its only child).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Stops the VM (`stop` over the control socket: what SIGTERM to `veil` does).
     pub fn stop(&self) {
         let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = control.stop() {

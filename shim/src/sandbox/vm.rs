@@ -316,7 +316,10 @@ impl Sandbox for VmSandbox {
     }
 
     fn pid(&self) -> u32 {
-        std::process::id()
+        match &self.vmm {
+            Vmm::Thread { .. } => std::process::id(),
+            Vmm::Jailed(vmm) => vmm.pid(),
+        }
     }
 
     async fn attach(&self, id: &str, image: &Image) -> Result<String, SandboxError> {
