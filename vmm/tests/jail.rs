@@ -275,7 +275,14 @@ fn the_control_socket_swaps_disks_and_its_closing_stops_the_vm() {
     let theirs_fd = theirs.as_raw_fd();
     let vm = Jailed::start_with(
         Guest::Idle,
-        &["--disk", ",ro,id=slot", "--control-fd", "3"],
+        &[
+            "--disk",
+            ",ro,id=slot0",
+            "--disk",
+            ",ro,id=slot1",
+            "--control-fd",
+            "3",
+        ],
         |command| {
             // SAFETY: dup2 is async-signal-safe; fd 3 is the child's end, without CLOEXEC.
             unsafe {
@@ -294,11 +301,13 @@ fn the_control_socket_swaps_disks_and_its_closing_stops_the_vm() {
     if let Err(e) = control.swap(0, &File::open(&image).unwrap()) {
         panic!("swap: {e}; veil: {:?}", vm.finish());
     }
+    control.swap(1, &File::open(&image).unwrap()).unwrap();
+    control.swap(0, &File::open(&image).unwrap()).unwrap();
     let err = control
-        .swap(1, &File::open(&image).unwrap())
+        .swap(2, &File::open(&image).unwrap())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("no drive 1"), "{err}");
+    assert!(err.contains("no drive 2"), "{err}");
     drop(control);
     let (status, err) = vm.finish();
     assert_eq!(status.code(), Some(0), "{err}");
