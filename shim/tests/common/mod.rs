@@ -221,10 +221,15 @@ impl Containerd {
         let shim_state = d.join("shim-state");
         let image_cache = d.join("images");
         let shim_config = d.join("shim.toml");
+        // 20 s unless `kind` sets its own (VMs booting inside L1 need more).
+        let timeout = match kind.contains("agent_start_timeout_secs") {
+            true => "",
+            false => "agent_start_timeout_secs = 20\n",
+        };
         std::fs::write(
             &shim_config,
             format!(
-                "{kind}\nstate_dir = \"{}\"\nimage_cache_dir = \"{}\"\nagent_start_timeout_secs = 20\n[process]\nagent = \"{}\"\n{sections}\n",
+                "{kind}\nstate_dir = \"{}\"\nimage_cache_dir = \"{}\"\n{timeout}[process]\nagent = \"{}\"\n{sections}\n",
                 shim_state.display(),
                 image_cache.display(),
                 agent_binary().display()
