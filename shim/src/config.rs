@@ -84,6 +84,13 @@ pub struct VmSection {
     pub igvm: Option<PathBuf>,
     /// Guest policy for SNP launches (None: the IGVM file's own).
     pub snp_policy: Option<u64>,
+    /// Run each VM as a jailed `veil run --jail` process (namespaces, empty root,
+    /// unprivileged user, no capabilities); `false` runs it on a thread of the shim.
+    pub jail: bool,
+    /// The jailed VMM's user, `USER[:GROUP]` (names or numbers).
+    pub jail_user: String,
+    /// The `veil` binary for jailed VMs (found next to the shim, then on PATH, when unset).
+    pub veil: Option<PathBuf>,
 }
 
 /// `[process]`: how process sandboxes are built.
@@ -121,6 +128,9 @@ impl Default for VmSection {
             snp: false,
             igvm: None,
             snp_policy: None,
+            jail: true,
+            jail_user: "nobody".into(),
+            veil: None,
         }
     }
 }

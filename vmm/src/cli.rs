@@ -1,5 +1,6 @@
 //! The `veil` command line: a thin layer over the library.
 
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -7,6 +8,9 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{DEFAULT_CMDLINE, DEFAULT_KVM_DEVICE, DEFAULT_MEM_MIB};
+use crate::control::{self, ControlError};
+use crate::jail::relay::ChildEnd;
+use crate::jail::{self, Forked, JailConfig, JailError};
 use crate::seccomp::{self, SeccompLevel, ThreadKind};
 use crate::{
     demo, BlockConfig, Console, CpuTemplate, KernelSource, Vm, VmConfig, VmError, VmExit,
@@ -25,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a Linux kernel (ELF vmlinux through PVH, or bzImage) and run it until it shuts down.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Boot the small built-in guest and report how long each stage of the boot took.
     Demo(MachineArgs),
     /// Print the expected SEV-SNP launch digest (96 hex characters), without hardware.
@@ -150,6 +154,25 @@ pub struct RunArgs {
     /// Attach the boot timer: a guest write of 123 to its page records the boot time.
     #[arg(long)]
     pub boot_timer: bool,
+    /// Run the VMM jailed: in new mount, PID, network, IPC and UTS namespaces with an empty
+    /// read-only root, as an unprivileged user without capabilities, `no_new_privs` and
+    /// resource limits. Everything the VM needs is opened before. Needs root.
+    #[arg(long)]
+    pub jail: bool,
+    /// The jail's user and group, names or numbers [default: nobody, in its primary group].
+    #[arg(long, value_name = "USER[:GROUP]", requires = "jail")]
+    pub jail_user: Option<String>,
+    /// The jail's limit on open files (RLIMIT_NOFILE) [default: 1024].
+    #[arg(long, value_name = "N", requires = "jail")]
+    pub jail_max_open_files: Option<u64>,
+    /// The jail's limit on the VMM's address space in MiB (RLIMIT_AS; guest memory counts)
+    /// [default: unlimited].
+    #[arg(long, value_name = "MIB", requires = "jail")]
+    pub jail_max_memory_mib: Option<u64>,
+    /// An inherited Unix stream socket through which the VMM's owner swaps disk images (the
+    /// file passed as a descriptor) and stops the VM; the VM stops when it is closed.
+    #[arg(long, value_name = "FD")]
+    pub control_fd: Option<i32>,
     #[command(flatten)]
     pub machine: MachineArgs,
 }
@@ -197,6 +220,12 @@ pub enum CliError {
     SnpNeedsIgvm,
     #[error("invalid --disk '{spec}': {reason}")]
     DiskSpec { spec: String, reason: &'static str },
+    #[error("--jail: {0}")]
+    Jail(#[from] JailError),
+    #[error("--control-fd {fd}: {reason}")]
+    ControlFd { fd: i32, reason: String },
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 /// Parses `PATH[,ro][,id=NAME]`; a spec without a path is a placeholder drive.
@@ -262,13 +291,17 @@ const EXIT_VMM_ERROR: u8 = 1;
 /// Runs the CLI; `start` is when the process started, for the timings.
 pub fn main(cli: Cli, start: Instant) -> ExitCode {
     let result = match cli.command {
-        Command::Run(args) => run(args, start),
+        Command::Run(args) => match run(*args, start) {
+            Ok(Ran::Vm(outcome)) => Ok(Some(outcome)),
+            Ok(Ran::Jailed(end)) => return jailed_status(end),
+            Err(e) => Err(e),
+        },
         Command::Demo(machine) => {
             let metrics = machine.metrics_json.clone();
             let code = KernelSource::Flat64(demo::guest_code().to_vec());
             let outcome = machine.into_config(code).and_then(|mut config| {
                 config.boot_timer = true;
-                boot(config, start, metrics)
+                boot(config, start, metrics, None, None)
             });
             outcome.inspect(print_demo_report).map(Some)
         }
@@ -322,8 +355,21 @@ fn print_result(
     Ok(None)
 }
 
-fn run(args: RunArgs, start: Instant) -> Result<Option<VmOutcome>, CliError> {
+/// What `veil run` did in this process.
+enum Ran {
+    /// Ran the VM.
+    Vm(VmOutcome),
+    /// Relayed signals to the jailed VMM (a child in its own PID namespace) until it ended.
+    Jailed(ChildEnd),
+}
+
+fn run(args: RunArgs, start: Instant) -> Result<Ran, CliError> {
     let metrics = args.machine.metrics_json.clone();
+    let jail = match args.jail {
+        true => Some(jail_config(&args)?),
+        false => None,
+    };
+    let control = args.control_fd.map(control_socket).transpose()?;
     let kernel = match (args.kernel, args.igvm) {
         (_, Some(igvm)) => KernelSource::Igvm(igvm),
         (Some(kernel), None) => KernelSource::Path(kernel),
@@ -359,10 +405,79 @@ fn run(args: RunArgs, start: Instant) -> Result<Option<VmOutcome>, CliError> {
         });
     config.boot_timer = args.boot_timer;
     config.snp = snp;
-    boot(config, start, metrics).map(Some)
+    let Some(jail) = jail else {
+        return boot(config, start, metrics, None, control).map(Ran::Vm);
+    };
+    let vsock_path = config.vsock.as_ref().map(|v| v.uds_path.clone());
+    match jail::fork_into_pid_namespace()? {
+        Forked::Parent(end) => {
+            // The jailed VMM cannot reach its socket's path to remove it.
+            if let Some(path) = vsock_path {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(Ran::Jailed(end))
+        }
+        Forked::Child => {
+            jail::detach_mounts()?;
+            boot(config, start, metrics, Some(jail), control).map(Ran::Vm)
+        }
+    }
 }
 
-fn boot(config: VmConfig, start: Instant, metrics: Option<PathBuf>) -> Result<VmOutcome, CliError> {
+fn jail_config(args: &RunArgs) -> Result<JailConfig, CliError> {
+    let mut jail = JailConfig::new()?;
+    if let Some(user) = &args.jail_user {
+        jail.user = jail::parse_user(user)?;
+    }
+    if let Some(files) = args.jail_max_open_files {
+        jail.max_open_files = files;
+    }
+    jail.max_address_space = args.jail_max_memory_mib.map(|mib| mib << 20);
+    Ok(jail)
+}
+
+/// Takes ownership of the inherited control socket, after checking that it is one.
+fn control_socket(fd: i32) -> Result<UnixStream, CliError> {
+    use std::os::fd::FromRawFd;
+    let bad = |reason: String| CliError::ControlFd { fd, reason };
+    if fd < 3 {
+        return Err(bad(
+            "not a socket: 0, 1 and 2 are the standard streams".into()
+        ));
+    }
+    // SAFETY: fstat writes into a zeroed stat we own; a bad fd only fails.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut stat) } == -1 {
+        return Err(bad(std::io::Error::last_os_error().to_string()));
+    }
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(bad("not a socket".into()));
+    }
+    // SAFETY: the fd is open, a socket, inherited for us alone; we own it from here on.
+    let socket = unsafe { UnixStream::from_raw_fd(fd) };
+    // SAFETY: fcntl on the fd we own; programs this process might start must not inherit it.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(socket)
+}
+
+/// The exit status of `veil run --jail`: the jailed VMM's own (0, 1, 2, 128+N), or 128+N
+/// when signal N killed it (a seccomp violation: SIGSYS).
+fn jailed_status(end: ChildEnd) -> ExitCode {
+    if let ChildEnd::Killed(signal) = end {
+        eprintln!("veil: the jailed VMM was killed by signal {signal}");
+    }
+    ExitCode::from(end.status())
+}
+
+/// Builds the VM, confines the process when `jail` is given (after every file is open),
+/// serves the control socket and runs the VM.
+fn boot(
+    config: VmConfig,
+    start: Instant,
+    metrics: Option<PathBuf>,
+    jail: Option<JailConfig>,
+    control: Option<UnixStream>,
+) -> Result<VmOutcome, CliError> {
     let filtered = config.seccomp != SeccompLevel::Off;
     if !filtered {
         tracing::warn!("seccomp filters disabled (--no-seccomp): for debugging only");
@@ -370,6 +485,13 @@ fn boot(config: VmConfig, start: Instant, metrics: Option<PathBuf>) -> Result<Vm
             "veil: warning: running without seccomp filters (--no-seccomp): for debugging only"
         );
     }
+    // A jailed VMM cannot open the metrics file at the end: open it now.
+    let metrics = match (metrics, &jail) {
+        (Some(path), Some(_)) => Some(Metrics::Open(
+            std::fs::File::create(&path).map_err(|source| CliError::Metrics { path, source })?,
+        )),
+        (path, _) => path.map(Metrics::Path),
+    };
     let vm = Vm::with_start(config, start)?;
     match vm.snp_launch() {
         Some(launch) if launch.firmware == SnpFirmware::Model => eprintln!(
@@ -391,7 +513,17 @@ fn boot(config: VmConfig, start: Instant, metrics: Option<PathBuf>) -> Result<Vm
             launch.device_args_not_passed.join(" ")
         );
     }
+    if let Some(jail) = &jail {
+        jail::confine(jail)?;
+    }
     stop_on_signals(vm.stop_handle(), filtered)?;
+    if let Some(socket) = control {
+        let filter = match filtered {
+            true => Some(seccomp::filter(ThreadKind::Main).map_err(VmError::from)?),
+            false => None,
+        };
+        control::serve(socket, vm.disks(), vm.stop_handle(), filter)?;
+    }
     let outcome = vm.run()?;
     if !outcome.exit.is_clean() {
         eprintln!("veil: guest failed: {}", outcome.exit);
@@ -399,14 +531,31 @@ fn boot(config: VmConfig, start: Instant, metrics: Option<PathBuf>) -> Result<Vm
     if let Some(boot_time) = outcome.timings.boot_timer {
         eprintln!("veil: guest boot time (boot timer): {}", ms(boot_time));
     }
-    if let Some(path) = metrics {
-        write_metrics(&path, &outcome).map_err(|source| CliError::Metrics { path, source })?;
+    match metrics {
+        Some(Metrics::Path(path)) => std::fs::write(&path, metrics_json(&outcome))
+            .map_err(|source| CliError::Metrics { path, source })?,
+        Some(Metrics::Open(mut file)) => {
+            use std::io::Write;
+            file.write_all(metrics_json(&outcome).as_bytes())
+                .map_err(|source| CliError::Metrics {
+                    path: "(the --metrics-json file)".into(),
+                    source,
+                })?
+        }
+        None => {}
     }
     Ok(outcome)
 }
 
+/// Where `--metrics-json` goes.
+enum Metrics {
+    Path(PathBuf),
+    /// Opened before the jail closed.
+    Open(std::fs::File),
+}
+
 /// The timings as JSON: microseconds since process start, `null` for stages never reached.
-fn write_metrics(path: &std::path::Path, outcome: &VmOutcome) -> std::io::Result<()> {
+fn metrics_json(outcome: &VmOutcome) -> String {
     let us = |d: Duration| d.as_micros() as u64;
     let t = &outcome.timings;
     let json = serde_json::json!({
@@ -418,7 +567,7 @@ fn write_metrics(path: &std::path::Path, outcome: &VmOutcome) -> std::io::Result
         "boot_timer_us": t.boot_timer.map(us),
         "exited_us": us(t.exited),
     });
-    std::fs::write(path, format!("{json:#}\n"))
+    format!("{json:#}\n")
 }
 
 fn exit_status(exit: &VmExit) -> ExitCode {

@@ -55,6 +55,12 @@ impl DiskHandle {
     pub fn swap(&self, path: &Path) -> Result<(), BlockError> {
         lock(&self.0).swap_disk(path)
     }
+
+    /// [`swap`](Self::swap) with an image already open (what a jailed VMM gets over its
+    /// control socket); `name` names it in messages.
+    pub fn swap_open_file(&self, file: std::fs::File, name: &Path) -> Result<(), BlockError> {
+        lock(&self.0).swap_disk_open_file(file, name)
+    }
 }
 
 /// The devices attached to a VM.

@@ -15,9 +15,11 @@
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod demo;
 pub mod devices;
 mod event_loop;
+pub mod jail;
 pub mod memory;
 pub mod seccomp;
 pub mod snp_launch;
@@ -27,6 +29,7 @@ pub mod x86_64;
 
 pub use config::{BlockConfig, Console, KernelSource, VmConfig, VsockConfig};
 pub use devices::DiskHandle;
+pub use jail::JailConfig;
 pub use seccomp::SeccompLevel;
 pub use snp_launch::{SnpConfig, SnpFirmware, SnpLaunch};
 pub use vcpu::{RegisterDump, VmExit};

@@ -29,12 +29,15 @@ struct Run {
 
 /// The label of veil's runs without seccomp filters (the cost of seccomp: veil / this).
 const VEIL_NO_SECCOMP: &str = "veil --no-seccomp";
+/// The label of veil's jailed runs (the cost of seccomp + jail: this / veil --no-seccomp).
+const VEIL_JAIL: &str = "veil --jail";
 
-fn one_run(b: &Bench, vmm: Vmm, no_seccomp: bool) -> Option<Result<Run, RunError>> {
+/// veil's variants beside the default, each run in every round: (label, extra arguments).
+const VEIL_VARIANTS: [(&str, &str); 2] = [(VEIL_NO_SECCOMP, "--no-seccomp"), (VEIL_JAIL, "--jail")];
+
+fn one_run(b: &Bench, vmm: Vmm, extra: Option<&str>) -> Option<Result<Run, RunError>> {
     let mut command = b.tools.tiny_guest(vmm, &b.exit_guest, Shape::SMALL)?;
-    if no_seccomp {
-        command.arg("--no-seccomp");
-    }
+    command.args(extra);
     Some((|| {
         let mut vm = Launched::spawn(command)?;
         let line_at = vm.wait_for_line(EXIT_GREETING, TINY_TIMEOUT)?;
@@ -51,20 +54,21 @@ pub fn run(b: &Bench) -> Section {
     let mut samples: BTreeMap<&str, Samples> = BTreeMap::new();
     let mut failures = Failures::default();
     for round in 0..b.plan.boot_rounds {
-        // veil without seccomp joins every round, first or last in turn.
-        let mut order: Vec<(Vmm, bool)> = rotated(round).into_iter().map(|v| (v, false)).collect();
-        if round % 2 == 0 {
-            order.insert(0, (Vmm::Veil, true));
-        } else {
-            order.push((Vmm::Veil, true));
-        }
-        for (vmm, no_seccomp) in order {
-            let name = if no_seccomp {
-                VEIL_NO_SECCOMP
+        // veil's variants (without seccomp, jailed) join every round, first or last in turn.
+        let mut order: Vec<(&str, Vmm, Option<&str>)> = rotated(round)
+            .into_iter()
+            .map(|v| (v.name(), v, None))
+            .collect();
+        for (name, arg) in VEIL_VARIANTS {
+            let variant = (name, Vmm::Veil, Some(arg));
+            if round % 2 == 0 {
+                order.insert(0, variant);
             } else {
-                vmm.name()
-            };
-            match one_run(b, vmm, no_seccomp) {
+                order.push(variant);
+            }
+        }
+        for (name, vmm, extra) in order {
+            match one_run(b, vmm, extra) {
                 None => {}
                 Some(Ok(r)) => {
                     let s = samples.entry(name).or_default();
@@ -76,7 +80,10 @@ pub fn run(b: &Bench) -> Section {
         }
     }
     let mut line = BTreeMap::new();
-    let names = Vmm::ALL.iter().map(|v| v.name()).chain([VEIL_NO_SECCOMP]);
+    let names = Vmm::ALL
+        .iter()
+        .map(|v| v.name())
+        .chain(VEIL_VARIANTS.map(|(name, _)| name));
     for name in names {
         let Some(s) = samples.get(name) else {
             continue;
@@ -103,6 +110,27 @@ pub fn run(b: &Bench) -> Section {
         "veil/veil --no-seccomp, spawn -> guest line (medians): the cost of seccomp",
         median_ratio(veil.as_ref(), get(VEIL_NO_SECCOMP).as_ref()),
         None,
+    );
+    let jailed = get(VEIL_JAIL);
+    section.ratio(
+        "veil --jail/veil --no-seccomp, spawn -> guest line (medians): the cost of seccomp + jail",
+        median_ratio(jailed.as_ref(), get(VEIL_NO_SECCOMP).as_ref()),
+        None,
+    );
+    section.ratio(
+        "veil --jail/veil, spawn -> guest line (medians): the cost of the jail",
+        median_ratio(jailed.as_ref(), veil.as_ref()),
+        None,
+    );
+    section.ratio(
+        "veil --jail/floor, spawn -> guest line (medians)",
+        median_ratio(jailed.as_ref(), get(Vmm::Floor.name()).as_ref()),
+        Some(TARGET_VS_FLOOR),
+    );
+    section.ratio(
+        "veil --jail/qemu, spawn -> guest line (medians)",
+        median_ratio(jailed.as_ref(), get(Vmm::Qemu.name()).as_ref()),
+        Some(TARGET_VS_QEMU),
     );
     if b.tools.qemu.is_none() {
         section.note("qemu-system-x86_64 not found: QEMU columns skipped");

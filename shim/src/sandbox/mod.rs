@@ -2,6 +2,7 @@
 //! behind one trait so that everything above the transport (tasks, IO, images, events) is the
 //! same code: a veil VM (the product) and a host process (development, isolates nothing).
 
+mod jailed;
 mod process;
 mod vm;
 

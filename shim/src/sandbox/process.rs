@@ -291,8 +291,13 @@ fn cgroup_mount() -> Option<PathBuf> {
 
 /// The agent binary: the configured path, else next to the shim, else on PATH.
 fn agent_binary(configured: Option<&Path>) -> Result<PathBuf, SandboxError> {
+    find_binary(AGENT_BINARY, configured)
+}
+
+/// A binary of ours: the configured path, else `name` next to the shim, else on PATH.
+pub(super) fn find_binary(name: &str, configured: Option<&Path>) -> Result<PathBuf, SandboxError> {
     let not_found = |path: PathBuf| SandboxError::Io {
-        what: "finding the agent binary",
+        what: "finding the binary",
         path,
         source: std::io::Error::from(std::io::ErrorKind::NotFound),
     };
@@ -305,7 +310,7 @@ fn agent_binary(configured: Option<&Path>) -> Result<PathBuf, SandboxError> {
     }
     if let Some(beside) = std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join(AGENT_BINARY)))
+        .and_then(|exe| exe.parent().map(|d| d.join(name)))
         .filter(|p| p.exists())
     {
         return Ok(beside);
@@ -313,9 +318,9 @@ fn agent_binary(configured: Option<&Path>) -> Result<PathBuf, SandboxError> {
     std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
-        .map(|d| d.join(AGENT_BINARY))
+        .map(|d| d.join(name))
         .find(|p| p.exists())
-        .ok_or_else(|| not_found(PathBuf::from(AGENT_BINARY)))
+        .ok_or_else(|| not_found(PathBuf::from(name)))
 }
 
 #[cfg(test)]

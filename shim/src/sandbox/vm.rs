@@ -1,8 +1,11 @@
-//! The VM sandbox: one veil VM per pod, run by the `veil_vmm` library on a thread of the shim.
+//! The VM sandbox: one veil VM per pod, run as a jailed `veil run --jail` process (the
+//! default, see `jailed`) or by the `veil_vmm` library on a thread of the shim
+//! (`vm.jail = false`).
 //!
 //! Drives: `vda` carries the init data (the pod's policy, NUL-padded) and is followed by
 //! `max_containers` empty placeholders; a container's root image is swapped into a free
-//! placeholder (`DiskHandle::swap`; virtio-mmio has no hotplug). The agent is reached through
+//! placeholder (virtio-mmio has no hotplug): `DiskHandle::swap` on a thread, the image's file
+//! descriptor over the control socket for a jailed VMM. The agent is reached through
 //! the VMM's hybrid vsock socket. With `vm.snp` the guest is an IGVM file launched as an
 //! SEV-SNP guest whose HOST_DATA is the policy's SHA-256; a host without SNP is an error,
 //! never a silent non-confidential VM.
@@ -20,6 +23,7 @@ use veil_vmm::{
     StopHandle, Vm, VmConfig, VsockConfig,
 };
 
+use super::jailed::{self, JailedVmm};
 use super::{connect_agent, ctx, Sandbox, SandboxError, SandboxSpec, AGENT_VSOCK_PORT};
 use crate::config::SandboxKind;
 use crate::rootfs::Image;
@@ -162,12 +166,44 @@ pub fn guest_disk(index: usize) -> String {
     format!("/dev/vd{name}")
 }
 
+/// Where the VM runs.
+enum Vmm {
+    /// On a thread of the shim (`vm.jail = false`).
+    Thread {
+        stop: StopHandle,
+        disks: Vec<DiskHandle>,
+    },
+    /// A jailed `veil` process.
+    Jailed(JailedVmm),
+}
+
+impl Vmm {
+    /// Makes `image` the backing file of drive `index` (0 = vda).
+    fn swap(&self, index: usize, image: &Path) -> Result<(), String> {
+        match self {
+            Self::Thread { disks, .. } => disks
+                .get(index)
+                .ok_or_else(|| format!("no drive {index}"))?
+                .swap(image)
+                .map_err(|e| e.to_string()),
+            Self::Jailed(vmm) => vmm.swap(index, image),
+        }
+    }
+
+    fn stop(&self) {
+        match self {
+            Self::Thread { stop, .. } => stop.stop(),
+            Self::Jailed(vmm) => vmm.stop(),
+        }
+    }
+}
+
 pub struct VmSandbox {
     client: AgentClient,
     dir: PathBuf,
-    stop: StopHandle,
-    /// Placeholder drives (vdb onwards) and the container each holds.
-    slots: Mutex<Vec<(DiskHandle, Option<String>)>>,
+    vmm: Vmm,
+    /// The container each placeholder drive (vdb onwards) holds.
+    slots: Mutex<Vec<Option<String>>>,
     death: watch::Receiver<Option<String>>,
     destroyed: tokio::sync::Mutex<bool>,
     ending: std::sync::atomic::AtomicBool,
@@ -185,37 +221,16 @@ impl VmSandbox {
             snp = config.snp.is_some(),
             "VM sandbox starting"
         );
-        let vm = tokio::task::spawn_blocking(move || Vm::new(config))
-            .await
-            .expect("VM build task")
-            .map_err(|e| SandboxError::Vm(format!("cannot build the VM: {e}")))?;
-        if let Some(launch) = vm.snp_launch() {
-            tracing::info!(
-                sandbox = spec.id,
-                launch_digest = %launch.digest,
-                host_data = %spec.init.host_data_hex(),
-                "SEV-SNP launch: the guest's attestation report must carry this measurement"
-            );
-        }
-        let stop = vm.stop_handle();
-        let disks = vm.disks();
+        let slots = config.disks.len().saturating_sub(1);
         let (tx, death) = watch::channel(None);
-        let sandbox_id = spec.id.to_string();
-        std::thread::Builder::new()
-            .name(format!("vm-{}", &sandbox_id[..sandbox_id.len().min(8)]))
-            .spawn(move || {
-                let reason = match vm.run() {
-                    Ok(outcome) => format!("VM ended: {}", outcome.exit),
-                    Err(e) => format!("VM failed: {e}"),
-                };
-                tracing::warn!(sandbox = %sandbox_id, %reason, "VM sandbox ended");
-                let _ = tx.send(Some(reason));
-            })
-            .map_err(|source| SandboxError::Io {
-                what: "starting the VM thread for",
-                path: spec.dir.clone(),
-                source,
-            })?;
+        let vmm = match spec.config.vm.jail {
+            true => {
+                let veil = jailed::veil_binary(spec.config.vm.veil.as_deref())?;
+                let user = &spec.config.vm.jail_user;
+                Vmm::Jailed(JailedVmm::spawn(&veil, user, config, &spec.dir, tx)?)
+            }
+            false => run_on_thread(spec, config, tx).await?,
+        };
         let timeout = Duration::from_secs(spec.config.agent_start_timeout_secs);
         let connected = connect_agent(
             || {
@@ -233,27 +248,61 @@ impl VmSandbox {
         let client = match connected {
             Ok(c) => c,
             Err(e) => {
-                stop.stop();
+                vmm.stop();
                 let mut d = death.clone();
                 let _ = d.wait_for(Option::is_some).await;
                 return Err(e);
             }
         };
-        let slots = disks
-            .into_iter()
-            .skip(1)
-            .map(|d| (d, None))
-            .collect::<Vec<_>>();
         Ok(Arc::new(VmSandbox {
             client,
             dir: spec.dir.clone(),
-            stop,
-            slots: Mutex::new(slots),
+            vmm,
+            slots: Mutex::new(vec![None; slots]),
             death,
             destroyed: tokio::sync::Mutex::new(false),
             ending: std::sync::atomic::AtomicBool::new(false),
         }))
     }
+}
+
+/// Builds the VM with the library and runs it on a thread of the shim.
+async fn run_on_thread(
+    spec: &SandboxSpec<'_>,
+    config: VmConfig,
+    tx: watch::Sender<Option<String>>,
+) -> Result<Vmm, SandboxError> {
+    let vm = tokio::task::spawn_blocking(move || Vm::new(config))
+        .await
+        .expect("VM build task")
+        .map_err(|e| SandboxError::Vm(format!("cannot build the VM: {e}")))?;
+    if let Some(launch) = vm.snp_launch() {
+        tracing::info!(
+            sandbox = spec.id,
+            launch_digest = %launch.digest,
+            host_data = %spec.init.host_data_hex(),
+            "SEV-SNP launch: the guest's attestation report must carry this measurement"
+        );
+    }
+    let stop = vm.stop_handle();
+    let disks = vm.disks();
+    let sandbox_id = spec.id.to_string();
+    std::thread::Builder::new()
+        .name(format!("vm-{}", &sandbox_id[..sandbox_id.len().min(8)]))
+        .spawn(move || {
+            let reason = match vm.run() {
+                Ok(outcome) => format!("VM ended: {}", outcome.exit),
+                Err(e) => format!("VM failed: {e}"),
+            };
+            tracing::warn!(sandbox = %sandbox_id, %reason, "VM sandbox ended");
+            let _ = tx.send(Some(reason));
+        })
+        .map_err(|source| SandboxError::Io {
+            what: "starting the VM thread for",
+            path: spec.dir.clone(),
+            source,
+        })?;
+    Ok(Vmm::Thread { stop, disks })
 }
 
 #[async_trait]
@@ -267,7 +316,10 @@ impl Sandbox for VmSandbox {
     }
 
     fn pid(&self) -> u32 {
-        std::process::id()
+        match &self.vmm {
+            Vmm::Thread { .. } => std::process::id(),
+            Vmm::Jailed(vmm) => vmm.pid(),
+        }
     }
 
     async fn attach(&self, id: &str, image: &Image) -> Result<String, SandboxError> {
@@ -276,21 +328,24 @@ impl Sandbox for VmSandbox {
         let (index, slot) = slots
             .iter_mut()
             .enumerate()
-            .find(|(_, (_, owner))| owner.is_none())
+            .find(|(_, owner)| owner.is_none())
             .ok_or(SandboxError::Full(total))?;
-        slot.0.swap(&image.path).map_err(|e| SandboxError::Attach {
-            image: image.path.clone(),
-            why: e.to_string(),
-        })?;
-        slot.1 = Some(id.to_string());
+        // vda is the init data; slot i is drive i + 1.
+        self.vmm
+            .swap(index + 1, &image.path)
+            .map_err(|why| SandboxError::Attach {
+                image: image.path.clone(),
+                why,
+            })?;
+        *slot = Some(id.to_string());
         // vda is the init data; slot i is drive i + 1.
         Ok(guest_disk(index + 1))
     }
 
     async fn detach(&self, id: &str) {
         let mut slots = self.slots.lock().expect("slots lock");
-        if let Some(slot) = slots.iter_mut().find(|(_, o)| o.as_deref() == Some(id)) {
-            slot.1 = None;
+        if let Some(slot) = slots.iter_mut().find(|o| o.as_deref() == Some(id)) {
+            *slot = None;
         }
     }
 
@@ -323,7 +378,7 @@ impl Sandbox for VmSandbox {
                 .await
                 .is_err()
             {
-                self.stop.stop();
+                self.vmm.stop();
             }
         }
         let _ = death.wait_for(Option::is_some).await;

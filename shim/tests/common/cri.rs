@@ -158,7 +158,7 @@ pub async fn two_containers_share_one_pod_sandbox(c: &Containerd, host_agents: u
                 timeout: 0,
             })
             .await
-            .expect("ExecSync")
+            .unwrap_or_else(|e| panic!("ExecSync: {e:?}\n{}", c.log_text()))
             .into_inner();
         assert_eq!(exec.exit_code, 0, "{exec:?}");
         assert_eq!(

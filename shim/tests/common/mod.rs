@@ -62,19 +62,30 @@ macro_rules! require_host {
 /// The veil-agent binary for process sandboxes: the workspace's build of it, built now when
 /// this test run did not build it already.
 pub fn agent_binary() -> PathBuf {
+    workspace_binary("veil-agent", "veil-agent")
+}
+
+/// The `veil` binary the shim runs jailed VMs with (found next to the shim), built now when
+/// this test run did not build it already.
+pub fn veil_binary() -> PathBuf {
+    workspace_binary("veil-vmm", "veil")
+}
+
+/// `bin` of workspace package `package`, next to the shim, built when missing.
+fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-veil-v2"));
-    let agent = shim.with_file_name("veil-agent");
-    if !agent.exists() {
+    let path = shim.with_file_name(bin);
+    if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "veil-agent", "--bin", "veil-agent"]);
+        cmd.args(["build", "-p", package, "--bin", bin]);
         if shim.parent().and_then(|p| p.file_name()) == Some("release".as_ref()) {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("running cargo build for veil-agent");
-        assert!(status.success(), "cargo build -p veil-agent failed");
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "cargo build -p {package} failed");
     }
-    agent
+    path
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -211,10 +222,15 @@ impl Containerd {
         let shim_state = d.join("shim-state");
         let image_cache = d.join("images");
         let shim_config = d.join("shim.toml");
+        // 20 s unless `kind` sets its own (VMs booting inside L1 need more).
+        let timeout = match kind.contains("agent_start_timeout_secs") {
+            true => "",
+            false => "agent_start_timeout_secs = 20\n",
+        };
         std::fs::write(
             &shim_config,
             format!(
-                "{kind}\nstate_dir = \"{}\"\nimage_cache_dir = \"{}\"\nagent_start_timeout_secs = 20\n[process]\nagent = \"{}\"\n{sections}\n",
+                "{kind}\nstate_dir = \"{}\"\nimage_cache_dir = \"{}\"\n{timeout}[process]\nagent = \"{}\"\n{sections}\n",
                 shim_state.display(),
                 image_cache.display(),
                 agent_binary().display()

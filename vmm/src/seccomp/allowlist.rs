@@ -215,6 +215,10 @@ pub fn main_thread() -> Result<Vec<Entry>> {
         // Teardown: the vsock listener's socket file is removed.
         any(libc::SYS_unlink),
         any(libc::SYS_unlinkat),
+        // The control socket (`--control-fd`): requests, some carrying an image's fd, and
+        // the answers (std's socket writes are sendto with MSG_NOSIGNAL).
+        any(libc::SYS_recvmsg),
+        any(libc::SYS_sendto),
         // --metrics-json: std::fs::write (allowed for real on this thread).
         any(libc::SYS_writev),
         any(libc::SYS_fstat),

@@ -85,11 +85,30 @@ impl Block {
     /// On error the old file stays in place.
     pub fn swap_backing_file(&mut self, path: &Path) -> Result<(), BlockError> {
         let (file, sectors) = open_image(path, self.disk.read_only)?;
+        self.install(file, sectors, path);
+        Ok(())
+    }
+
+    /// Replaces the backing file with one already open (a VMM that cannot open files any
+    /// more gets it from its owner); `name` names it in messages. The file must be open for
+    /// writing unless the drive is read-only.
+    pub fn swap_backing_open_file(&mut self, file: File, name: &Path) -> Result<(), BlockError> {
+        let len = file
+            .metadata()
+            .map_err(|source| BlockError::Size {
+                path: name.to_owned(),
+                source,
+            })?
+            .len();
+        self.install(file, len / SECTOR_SIZE, name);
+        Ok(())
+    }
+
+    fn install(&mut self, file: File, sectors: u64, name: &Path) {
         self.disk.file = Some(file);
         self.disk.sectors = sectors;
-        self.path = Some(path.to_owned());
-        tracing::info!(path = %path.display(), sectors, "virtio-blk backing file swapped");
-        Ok(())
+        self.path = Some(name.to_owned());
+        tracing::info!(path = %name.display(), sectors, "virtio-blk backing file swapped");
     }
 
     fn process_requests(&mut self) {
@@ -125,6 +144,13 @@ impl crate::virtio::MmioTransport<Block> {
     /// Swaps the disk's backing file and tells the driver its capacity may have changed.
     pub fn swap_disk(&mut self, path: &Path) -> Result<(), BlockError> {
         self.device_mut().swap_backing_file(path)?;
+        self.notify_config_change();
+        Ok(())
+    }
+
+    /// [`swap_disk`](Self::swap_disk) with a file already open.
+    pub fn swap_disk_open_file(&mut self, file: File, name: &Path) -> Result<(), BlockError> {
+        self.device_mut().swap_backing_open_file(file, name)?;
         self.notify_config_change();
         Ok(())
     }
