@@ -23,6 +23,8 @@ pub const WAIT_IN_L1: Duration = Duration::from_secs(300);
 pub struct PodPlan {
     /// Where the release shim and agent are.
     pub release: PathBuf,
+    /// The `veil` binary the shim runs (jailed) for each pod.
+    pub veil: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub rounds: usize,
@@ -78,6 +80,7 @@ pub fn inner_main(plan_path: &Path) -> Result<(), NestedPodError> {
         let containerd = Containerd::start(
             &plan.release,
             ShimSandbox::Vm {
+                veil: &plan.veil,
                 kernel: &plan.kernel,
                 initrd: &plan.initrd,
             },

@@ -191,8 +191,13 @@ pub struct Containerd {
 pub enum ShimSandbox<'a> {
     /// `veil-agent` as a host child (no VM): hosts whose KVM cannot run a guest.
     Process { agent: &'a Path },
-    /// One veil VM per pod, booting this kernel and initramfs (needs a real KVM).
-    Vm { kernel: &'a Path, initrd: &'a Path },
+    /// One veil VM per pod (a jailed `veil` process, the shim's default), booting this
+    /// kernel and initramfs (needs a real KVM).
+    Vm {
+        veil: &'a Path,
+        kernel: &'a Path,
+        initrd: &'a Path,
+    },
 }
 
 impl ShimSandbox<'_> {
@@ -203,8 +208,13 @@ impl ShimSandbox<'_> {
                 "sandbox = \"process\"\n[process]\nagent = \"{}\"\n",
                 agent.display()
             ),
-            Self::Vm { kernel, initrd } => format!(
-                "sandbox = \"vm\"\n[vm]\nkernel = \"{}\"\ninitrd = \"{}\"\nvcpus = {}\nmemory_mib = {}\n",
+            Self::Vm {
+                veil,
+                kernel,
+                initrd,
+            } => format!(
+                "sandbox = \"vm\"\n[vm]\nveil = \"{}\"\nkernel = \"{}\"\ninitrd = \"{}\"\nvcpus = {}\nmemory_mib = {}\n",
+                veil.display(),
                 kernel.display(),
                 initrd.display(),
                 crate::nested::VCPUS,

@@ -55,6 +55,7 @@ fn measure(b: &Bench) -> Result<(PodStarts, Duration), Status> {
     let budget = b.plan.nested_pod_budget;
     let plan = PodPlan {
         release: absolute(&release),
+        veil: absolute(&b.tools.veil),
         kernel: absolute(&b.vmlinux),
         initrd: absolute(&b.initramfs),
         rounds: b.plan.nested_pod_rounds,
@@ -134,8 +135,8 @@ pub fn run(b: &Bench) -> Section {
     report(&mut section, &starts);
     section.note(format!(
         "interleaved rounds in one L1 (QEMU TCG with nested SVM, {:.0} s wall), order alternating; \
-         host-network pods, busybox image built locally; each veil pod is a VM ({} vCPUs, {} MiB, \
-         project kernel + initramfs) whose rootfs is the image's ext4 + dm-verity block form \
+         host-network pods, busybox image built locally; each veil pod is a VM in a jailed `veil` process ({} vCPUs, \
+         {} MiB, project kernel + initramfs) whose rootfs is the image's ext4 + dm-verity block form \
          (built on the first veil pod, cached per layer chain); everything in L1 is emulated: \
          only the ratio means anything",
         wall.as_secs_f64(),

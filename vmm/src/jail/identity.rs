@@ -1,7 +1,5 @@
 //! Who the jailed VMM runs as: `USER[:GROUP]`, each a name or a number.
 
-use std::ffi::CString;
-
 use super::JailError;
 
 /// The user a jail runs as when none is configured; its primary group goes with it.
@@ -40,53 +38,46 @@ pub fn parse_user(spec: &str) -> Result<JailUser, JailError> {
     Ok(JailUser { uid, gid })
 }
 
-/// Size of the buffer for the strings of a passwd or group entry.
-const ENTRY_BUFFER: usize = 16 * 1024;
+/// The local account databases. Read directly, not through glibc's NSS: `veil` ships
+/// statically linked (vmm/build-dist.sh), and a static glibc cannot load NSS modules (a
+/// lookup of an unknown name crashed it). A jail's user is a local system account.
+const PASSWD: &str = "/etc/passwd";
+const GROUP: &str = "/etc/group";
 
 /// (uid, primary gid) of a user name.
 fn lookup_user(name: &str) -> Option<(u32, u32)> {
-    let name = CString::new(name).ok()?;
-    // SAFETY: passwd is plain data; getpwnam_r fills it with pointers into `buf`, which we
-    // do not read.
-    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; ENTRY_BUFFER];
-    let mut found = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call and `buf.len()` is its size.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            name.as_ptr(),
-            &mut entry,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    (rc == 0 && !found.is_null()).then_some((entry.pw_uid, entry.pw_gid))
+    let text = std::fs::read_to_string(PASSWD).ok()?;
+    let fields = find_entry(&text, name)?;
+    // name:password:uid:gid:...
+    Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
 }
 
 /// The gid of a group name.
 fn lookup_group(name: &str) -> Option<u32> {
-    let name = CString::new(name).ok()?;
-    // SAFETY: as in `lookup_user`.
-    let mut entry: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; ENTRY_BUFFER];
-    let mut found = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call and `buf.len()` is its size.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            name.as_ptr(),
-            &mut entry,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    (rc == 0 && !found.is_null()).then_some(entry.gr_gid)
+    let text = std::fs::read_to_string(GROUP).ok()?;
+    // name:password:gid:members
+    find_entry(&text, name)?.get(2)?.parse().ok()
+}
+
+/// The colon-separated fields of the line of `text` whose first field is `name`.
+fn find_entry<'a>(text: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    text.lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|fields| fields.first() == Some(&name))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_found_by_their_first_field_only() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+        assert_eq!(find_entry(passwd, "nobody").unwrap()[2], "65534");
+        assert!(find_entry(passwd, "nobod").is_none());
+        assert!(find_entry(passwd, "65534").is_none());
+        assert!(find_entry("", "root").is_none());
+    }
 
     #[test]
     fn numbers_names_and_root() {
