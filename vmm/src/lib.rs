@@ -26,6 +26,7 @@ pub mod vm;
 pub mod x86_64;
 
 pub use config::{BlockConfig, Console, KernelSource, VmConfig, VsockConfig};
+pub use config::{MacAddr, NetConfig};
 pub use devices::DiskHandle;
 pub use seccomp::SeccompLevel;
 pub use snp_launch::{SnpConfig, SnpFirmware, SnpLaunch};

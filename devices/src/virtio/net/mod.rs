@@ -127,6 +127,36 @@ pub struct NetConfig {
     pub mtu: u16,
 }
 
+impl FromStr for NetConfig {
+    type Err = NetError;
+
+    /// Parses `tap=NAME[,mac=MAC][,mtu=N]` (the `veil run --net` syntax).
+    fn from_str(spec: &str) -> Result<Self, NetError> {
+        let bad = |reason| NetError::BadSpec {
+            spec: spec.to_string(),
+            reason,
+        };
+        let mut tap = None;
+        let mut config = NetConfig::new("");
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("tap", name)) => tap = Some(name.to_string()),
+                Some(("mac", mac)) => config.mac = Some(mac.parse()?),
+                Some(("mtu", mtu)) => {
+                    let mtu = mtu.parse().map_err(|_| bad("mtu must be a number"))?;
+                    if mtu < MIN_MTU {
+                        return Err(NetError::BadMtu(mtu));
+                    }
+                    config.mtu = mtu;
+                }
+                _ => return Err(bad("options are tap=NAME, mac=MAC and mtu=N")),
+            }
+        }
+        config.tap = tap.ok_or_else(|| bad("tap=NAME is required"))?;
+        Ok(config)
+    }
+}
+
 impl NetConfig {
     /// A device on `tap` with a random MAC and the default MTU.
     pub fn new(tap: impl Into<String>) -> Self {
@@ -167,6 +197,9 @@ pub enum NetError {
         name: String,
         source: std::io::Error,
     },
+    /// A `--net` specification that does not parse.
+    #[error("invalid network device {spec:?}: {reason}")]
+    BadSpec { spec: String, reason: &'static str },
     /// Not a MAC address of the form aa:bb:cc:dd:ee:ff, or a multicast one.
     #[error("MAC address {0:?} is not a unicast address of the form aa:bb:cc:dd:ee:ff")]
     BadMac(String),

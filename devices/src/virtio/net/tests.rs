@@ -505,3 +505,23 @@ fn make_persistent_tap(name: &str) {
     // SAFETY: TUNSETPERSIST takes an integer by value.
     assert!(unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) } >= 0);
 }
+
+#[test]
+fn net_specs_parse_with_clear_errors() {
+    let config: NetConfig = "tap=tap0,mac=02:00:00:00:00:07,mtu=9000".parse().unwrap();
+    assert_eq!(config.tap, "tap0");
+    assert_eq!(config.mac, Some(MacAddr([2, 0, 0, 0, 0, 7])));
+    assert_eq!(config.mtu, 9000);
+    let plain: NetConfig = "tap=t1".parse().unwrap();
+    assert_eq!((plain.mac, plain.mtu), (None, DEFAULT_MTU));
+    for (spec, needle) in [
+        ("mac=02:00:00:00:00:07", "tap=NAME is required"),
+        ("tap=t1,mac=zz", "\"zz\""),
+        ("tap=t1,speed=10", "options are"),
+        ("tap=t1,mtu=big", "mtu must be a number"),
+        ("tap=t1,mtu=10", "MTU 10"),
+    ] {
+        let err = spec.parse::<NetConfig>().unwrap_err().to_string();
+        assert!(err.contains(needle), "{spec}: {err}");
+    }
+}
