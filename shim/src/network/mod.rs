@@ -212,11 +212,15 @@ async fn inspect_and_wire() -> Result<Option<(types::Interface, Vec<types::Route
         .into_iter()
         .filter(|i| i.type_ != "loopback" && i.name != TAP_NAME && !i.IPAddresses.is_empty())
         .collect();
-    let interface = match candidates.len() {
+    let mut interface = match candidates.len() {
         0 => return Ok(None),
         1 => candidates.into_iter().next().expect("one"),
         n => return Err(NetworkError::Interfaces(n)),
     };
+    // The guest's kernel makes its own IPv6 link-local address.
+    interface
+        .IPAddresses
+        .retain(|a| !a.address.to_ascii_lowercase().starts_with("fe80:"));
     let routes: Vec<types::Route> = veil_agent::network::list_routes()
         .await?
         .into_iter()
