@@ -23,27 +23,34 @@ const PEER_NETNS: &str = "veil-peer";
 const POD_IP: &str = "198.18.0.2";
 const PEER_IP: &str = "198.18.0.1";
 
-/// A CNI plugin standing in for a real one: a veth from the pod's namespace to the peer
-/// namespace, addresses and a default route via the peer.
+/// A CNI plugin standing in for a real one: for the pod's interface a veth from the pod's
+/// namespace to the peer namespace, addresses and a default route via the peer; installed as
+/// `loopback` too (containerd always runs one for `lo`), where it brings `lo` up.
 fn cni_plugin() -> String {
     format!(
         r#"#!/bin/sh
 # Test stand-in for a CNI plugin (see shim/tests/nested_net.rs).
 set -e
+conf=$(cat)
+ver=$(printf '%s' "$conf" | sed -n 's/.*"cniVersion" *: *"\([^"]*\)".*/\1/p')
 ns=$(basename "$CNI_NETNS")
 case "$CNI_COMMAND" in
 ADD)
+    if [ "$CNI_IFNAME" = lo ]; then
+        ip -n "$ns" link set lo up
+        printf '{{"cniVersion":"%s","interfaces":[{{"name":"lo","sandbox":"%s"}}],"ips":[{{"version":"4","address":"127.0.0.1/8","interface":0}}],"dns":{{}}}}' "$ver" "$CNI_NETNS"
+        exit 0
+    fi
     ip link add "$CNI_IFNAME" netns "$ns" type veth peer name peer0 netns {PEER_NETNS}
-    ip -n "$ns" link set lo up
     ip -n "$ns" addr add {POD_IP}/24 dev "$CNI_IFNAME"
     ip -n "$ns" link set "$CNI_IFNAME" up
     ip -n "$ns" route add default via {PEER_IP}
     ip -n {PEER_NETNS} addr add {PEER_IP}/24 dev peer0
     ip -n {PEER_NETNS} link set peer0 up
-    printf '{{"cniVersion":"0.4.0","interfaces":[{{"name":"%s","sandbox":"%s"}}],"ips":[{{"version":"4","address":"{POD_IP}/24","gateway":"{PEER_IP}","interface":0}}],"dns":{{}}}}' "$CNI_IFNAME" "$CNI_NETNS"
+    printf '{{"cniVersion":"%s","interfaces":[{{"name":"%s","sandbox":"%s"}}],"ips":[{{"version":"4","address":"{POD_IP}/24","gateway":"{PEER_IP}","interface":0}}],"dns":{{}}}}' "$ver" "$CNI_IFNAME" "$CNI_NETNS"
     ;;
 DEL)
-    ip -n {PEER_NETNS} link del peer0 2>/dev/null || true
+    [ "$CNI_IFNAME" = lo ] || ip -n {PEER_NETNS} link del peer0 2>/dev/null || true
     ;;
 VERSION)
     printf '{{"cniVersion":"0.4.0","supportedVersions":["0.3.0","0.3.1","0.4.0"]}}'
@@ -131,9 +138,12 @@ fn cri_pod_network_reaches_a_peer_namespace() {
         ),
     );
     let cni = c.dir.path().join("cni-conf");
-    let plugin = cni.join("veil-test-cni");
-    std::fs::write(&plugin, cni_plugin()).unwrap();
-    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for name in ["veil-test-cni", "loopback"] {
+        let plugin = cni.join(name);
+        std::fs::write(&plugin, cni_plugin()).unwrap();
+        std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
     std::fs::write(
         cni.join("10-veil-test.conflist"),
         r#"{"cniVersion":"0.4.0","name":"veil-test","plugins":[{"type":"veil-test-cni"}]}"#,
@@ -155,25 +165,39 @@ async fn pod_scenario(c: &Containerd) {
     let mut pod = pod_config("netpod", &logs);
     // A pod network namespace (CRI asks the CNI plugin to wire it), not the node's.
     pod.linux = None;
-    // containerd loads the CNI config from its directory asynchronously.
+    // containerd loads the CNI config from its directory asynchronously: wait until CRI
+    // reports the network ready.
     let started = Instant::now();
-    let pod_id = loop {
-        match client
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(pod.clone()),
-                runtime_handler: "veil".into(),
-            })
+    loop {
+        let status = client
+            .status(StatusRequest { verbose: false })
             .await
-        {
-            Ok(resp) => break resp.into_inner().pod_sandbox_id,
-            Err(e)
-                if e.message().contains("cni") && started.elapsed() < Duration::from_secs(30) =>
-            {
-                tokio::time::sleep(Duration::from_millis(500)).await
-            }
-            Err(e) => panic!("RunPodSandbox: {e}\n{}", c.log_text()),
+            .expect("CRI Status")
+            .into_inner();
+        let ready = status.status.is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.r#type == "NetworkReady" && c.status)
+        });
+        if ready {
+            break;
         }
-    };
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "CRI never loaded the test's CNI config\n{}",
+            c.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let pod_id = client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: "veil".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log_text()))
+        .into_inner()
+        .pod_sandbox_id;
 
     let web = start_container(
         &mut client,
