@@ -279,3 +279,39 @@ async fn unwire(cni_name: &str) -> Result<(), NetworkError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(namespaces: serde_json::Value) -> oci_spec::runtime::Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "linux": {"namespaces": namespaces},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_pod_namespace_comes_from_the_spec() {
+        let cri = spec(serde_json::json!([
+            {"type": "pid"},
+            {"type": "network", "path": "/var/run/netns/cni-1234"},
+        ]));
+        assert_eq!(
+            netns_path(&cri),
+            Some(PathBuf::from("/var/run/netns/cni-1234"))
+        );
+        // Host network: no network entry, or one without a path (a new, empty namespace
+        // that nothing wired: nothing to connect either).
+        assert_eq!(
+            netns_path(&spec(serde_json::json!([{"type": "pid"}]))),
+            None
+        );
+        assert_eq!(
+            netns_path(&spec(serde_json::json!([{"type": "network"}]))),
+            None
+        );
+    }
+}
