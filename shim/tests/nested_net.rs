@@ -121,6 +121,9 @@ fn cri_pod_network_reaches_a_peer_namespace() {
         return;
     }
     require_host!();
+    // CNI's result cache lives in /var/lib/cni, and L1's root is the host's, read-only: give
+    // this throwaway L1 a writable /var/lib (nothing else running here reads it).
+    sh("mount -t tmpfs -o mode=0755 tmpfs /var/lib");
     sh(&format!(
         "ip netns add {PEER_NETNS} && ip -n {PEER_NETNS} link set lo up"
     ));
