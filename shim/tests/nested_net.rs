@@ -128,10 +128,15 @@ fn cri_pod_network_reaches_a_peer_namespace() {
         "ip netns add {PEER_NETNS} && ip -n {PEER_NETNS} link set lo up"
     ));
     let kernel = veil_tests::guest_kernel("vmlinux");
-    let initrd = kernel
-        .parent()
-        .unwrap()
-        .join("../guest-initramfs/initramfs.cpio.gz");
+    // This tree's own initramfs (its agent serves the network calls); target/guest-kernel may
+    // be a symlink into another tree, so it cannot be reached through the kernel's path.
+    let initrd = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guest-initramfs/initramfs.cpio.gz");
+    assert!(
+        initrd.is_file(),
+        "{} is missing: run guest/build-initramfs.sh",
+        initrd.display()
+    );
     let c = Containerd::start_with_shim_config(
         "sandbox = \"vm\"",
         &format!(
