@@ -148,7 +148,12 @@ fn interfaces_and_routes_are_configured_over_netlink() {
             vec![
                 route("", "198.18.0.1", "eth0", 0),
                 route("198.19.0.0/16", "198.18.0.1", "eth0", 0),
-                route("198.18.0.0/24", "", "eth0", 253),
+                {
+                    // As CNI namespaces list it: the kernel's subnet route, with its source.
+                    let mut subnet = route("198.18.0.0/24", "", "eth0", 253);
+                    subnet.source = "198.18.0.3".into();
+                    subnet
+                },
             ],
         )
         .await

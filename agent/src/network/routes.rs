@@ -34,10 +34,14 @@ pub async fn update_routes(routes: &[types::Route]) -> Result<Vec<types::Route>,
     for spec in &specs {
         targets.push((index_of(&spec.device)?, spec));
     }
+    // Only the main table: the local table's routes are the addresses themselves.
     for old in dump_routes(&handle).await? {
         let Some(oif) = output_interface(&old) else {
             continue;
         };
+        if old.header.table != MAIN_TABLE {
+            continue;
+        }
         // IPv6 routes the kernel made for the link (fe80::/64, multicast) stay.
         let v6_kernel = old.header.address_family == AddressFamily::Inet6
             && old.header.protocol == RouteProtocol::Kernel;
