@@ -78,6 +78,25 @@ fn a_cni_namespace_gets_a_tap_wired_both_ways_and_loses_it_on_teardown() {
                 let tap = link_index(&handle, TAP_NAME).await.expect("tap made");
                 assert_eq!(ingress_qdiscs(&handle, eth0).await, 1);
                 assert_eq!(ingress_qdiscs(&handle, tap).await, 1);
+                // Each side's filter matches every protocol (ETH_P_ALL, network byte order).
+                for index in [eth0, tap] {
+                    let filters: Vec<_> = handle
+                        .traffic_filter(index as i32)
+                        .get()
+                        .root()
+                        .execute()
+                        .try_collect()
+                        .await
+                        .unwrap();
+                    assert!(!filters.is_empty(), "no filter on link {index}");
+                    for f in &filters {
+                        assert_eq!(
+                            f.header.info & 0xffff,
+                            u32::from((libc::ETH_P_ALL as u16).to_be()),
+                            "{f:?}"
+                        );
+                    }
+                }
                 let config = network.net_config().unwrap();
                 assert_eq!((config.tap.as_str(), config.mtu), (TAP_NAME, 1400));
                 assert!(config.mac.is_some());

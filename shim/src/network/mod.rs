@@ -10,6 +10,8 @@ mod netns;
 mod tap;
 mod tcfilter;
 
+pub use tcfilter::ALL_PROTOCOLS;
+
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;

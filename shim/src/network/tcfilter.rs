@@ -9,8 +9,9 @@ use super::NetworkError;
 
 /// The ingress qdisc's handle (ffff:).
 const INGRESS_PARENT: u32 = 0xffff_0000;
-/// ETH_P_ALL: every protocol.
-const ALL_PROTOCOLS: u16 = 0x0003;
+/// ETH_P_ALL (every protocol), in network byte order as the kernel reads `tcm_info`
+/// (rtnetlink passes the value through unchanged).
+pub const ALL_PROTOCOLS: u16 = (libc::ETH_P_ALL as u16).to_be();
 
 /// Redirects everything arriving on `a` out of `b`, and back.
 pub(crate) async fn connect(handle: &Handle, a: u32, b: u32) -> Result<(), NetworkError> {
