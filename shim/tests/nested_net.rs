@@ -244,7 +244,7 @@ async fn pod_scenario(c: &Containerd) {
         s.read_to_string(&mut page).unwrap();
         page
     });
-    assert!(page.starts_with("HTTP/1.0 200 OK"), "{page}");
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
     assert!(page.ends_with("hello from a veil pod\n"), "{page}");
 
     // 1 MiB to the echo container and back, byte for byte.
