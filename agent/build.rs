@@ -8,6 +8,7 @@ use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 
 const PROTOS: &[&str] = &[
     "protos/oci.proto",
+    "protos/types.proto",
     "protos/agent.proto",
     "protos/veil.proto",
 ];

@@ -12,6 +12,7 @@ pub mod client;
 pub mod container;
 pub mod init;
 pub mod logging;
+pub mod network;
 pub mod policy;
 pub mod protocols;
 pub mod service;

@@ -25,6 +25,7 @@ macro_rules! generated {
 }
 
 generated!(oci, "oci.rs");
+generated!(types, "types.rs");
 generated!(agent, "agent.rs");
 generated!(agent_ttrpc, "agent_ttrpc.rs");
 generated!(veil, "veil.rs");

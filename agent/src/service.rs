@@ -10,8 +10,9 @@ use ttrpc::{Code, Error as TtrpcError};
 
 use crate::attestation::pad_report_data;
 use crate::container::{ContainerError, ContainerManager};
+use crate::network::{self, NetworkError};
 use crate::policy::{PolicyError, PolicyGate};
-use crate::protocols::{agent, agent_ttrpc, veil, veil_ttrpc};
+use crate::protocols::{agent, agent_ttrpc, types, veil, veil_ttrpc};
 
 /// What the agent does when the sandbox is destroyed (power off when it is PID 1).
 pub type OnDestroy = Box<dyn Fn() + Send + Sync>;
@@ -63,6 +64,11 @@ fn policy_status(e: PolicyError) -> TtrpcError {
         PolicyError::Attestation(_) | PolicyError::Evaluation { .. } => Code::INTERNAL,
     };
     status(code, e.to_string())
+}
+
+fn network_status(e: NetworkError) -> TtrpcError {
+    tracing::warn!(error = %e, "network request failed");
+    status(e.code(), e.to_string())
 }
 
 fn container_status(e: ContainerError) -> TtrpcError {
@@ -279,6 +285,11 @@ impl agent_ttrpc::AgentService for Agent {
             req,
             self.containers.create_sandbox(&req)
         )?;
+        // Only the guest's init owns /etc/resolv.conf; a host agent checks the lines only.
+        let resolv_conf = self
+            .init_daemon
+            .then_some(std::path::Path::new(network::GUEST_RESOLV_CONF));
+        network::write_resolv_conf(resolv_conf, &req.dns).map_err(network_status)?;
         Ok(Empty::new())
     }
 
@@ -312,6 +323,63 @@ impl agent_ttrpc::AgentService for Agent {
             resp.mem_block_size_bytes = read_mem_block_size().unwrap_or(0);
         }
         resp.agent_details = protobuf::MessageField::some(details);
+        Ok(resp)
+    }
+
+    async fn update_interface(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::UpdateInterfaceRequest,
+    ) -> ttrpc::Result<types::Interface> {
+        self.authorize("UpdateInterfaceRequest", &req)?;
+        let iface = req.interface.as_ref().ok_or_else(|| {
+            status(
+                Code::INVALID_ARGUMENT,
+                "UpdateInterface without an interface",
+            )
+        })?;
+        network::update_interface(iface)
+            .await
+            .map_err(network_status)
+    }
+
+    async fn update_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::UpdateRoutesRequest,
+    ) -> ttrpc::Result<agent::Routes> {
+        self.authorize("UpdateRoutesRequest", &req)?;
+        let wanted = req
+            .routes
+            .as_ref()
+            .map(|r| r.Routes.as_slice())
+            .unwrap_or(&[]);
+        let mut resp = agent::Routes::new();
+        resp.Routes = network::update_routes(wanted)
+            .await
+            .map_err(network_status)?;
+        Ok(resp)
+    }
+
+    async fn list_interfaces(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ListInterfacesRequest,
+    ) -> ttrpc::Result<agent::Interfaces> {
+        self.authorize("ListInterfacesRequest", &req)?;
+        let mut resp = agent::Interfaces::new();
+        resp.Interfaces = network::list_interfaces().await.map_err(network_status)?;
+        Ok(resp)
+    }
+
+    async fn list_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ListRoutesRequest,
+    ) -> ttrpc::Result<agent::Routes> {
+        self.authorize("ListRoutesRequest", &req)?;
+        let mut resp = agent::Routes::new();
+        resp.Routes = network::list_routes().await.map_err(network_status)?;
         Ok(resp)
     }
 

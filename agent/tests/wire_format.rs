@@ -38,3 +38,60 @@ fn unknown_kata_fields_are_skipped_not_rejected() {
     let storage = agent::Storage::parse_from_bytes(&bytes).unwrap();
     assert_eq!(storage.source, "x");
 }
+
+#[test]
+fn network_requests_use_kata_field_numbers() {
+    use veil_agent::protocols::types;
+
+    let mut addr = types::IPAddress::new();
+    addr.family = types::IPFamily::v6.into();
+    addr.address = "a".into();
+    addr.mask = "8".into();
+    let mut iface = types::Interface::new();
+    iface.device = "d".into();
+    iface.name = "n".into();
+    iface.IPAddresses.push(addr);
+    iface.mtu = 9;
+    iface.hwAddr = "h".into();
+    let mut req = agent::UpdateInterfaceRequest::new();
+    req.interface = protobuf::MessageField::some(iface);
+    // UpdateInterfaceRequest.interface = 1; Interface: device 1, name 2, IPAddresses 3, mtu 4
+    // (varint), hwAddr 5; IPAddress: family 1 (varint), address 2, mask 3.
+    assert_eq!(
+        req.write_to_bytes().unwrap(),
+        vec![
+            0x0a, 21, 0x0a, 1, b'd', 0x12, 1, b'n', 0x1a, 8, 0x08, 1, 0x12, 1, b'a', 0x1a, 1, b'8',
+            0x20, 9, 0x2a, 1, b'h'
+        ]
+    );
+
+    let mut route = types::Route::new();
+    route.dest = "d".into();
+    route.gateway = "g".into();
+    route.device = "e".into();
+    route.source = "s".into();
+    route.scope = 253;
+    route.family = types::IPFamily::v6.into();
+    route.flags = 4;
+    let mut routes = agent::Routes::new();
+    routes.Routes.push(route);
+    let mut req = agent::UpdateRoutesRequest::new();
+    req.routes = protobuf::MessageField::some(routes);
+    // UpdateRoutesRequest.routes = 1; Routes.Routes = 1; Route: dest 1, gateway 2, device 3,
+    // source 4, scope 5, family 6, flags 7.
+    assert_eq!(
+        req.write_to_bytes().unwrap(),
+        vec![
+            0x0a, 21, 0x0a, 19, 0x0a, 1, b'd', 0x12, 1, b'g', 0x1a, 1, b'e', 0x22, 1, b's', 0x28,
+            0xfd, 0x01, 0x30, 1, 0x38, 4
+        ]
+    );
+
+    let mut list = agent::Interfaces::new();
+    list.Interfaces.push(types::Interface::new());
+    assert_eq!(list.write_to_bytes().unwrap(), vec![0x0a, 0]);
+
+    let mut sandbox = agent::CreateSandboxRequest::new();
+    sandbox.dns.push("x".into());
+    assert_eq!(sandbox.write_to_bytes().unwrap(), vec![0x12, 1, b'x']);
+}

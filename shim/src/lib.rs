@@ -11,6 +11,7 @@ pub mod config;
 pub mod events;
 pub mod io;
 pub mod logging;
+pub mod network;
 pub mod options;
 pub mod policy;
 pub mod rootfs;

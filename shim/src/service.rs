@@ -102,6 +102,7 @@ impl Inner {
         id: &str,
         annotations: &HashMap<String, String>,
         hostname: &str,
+        netns: Option<PathBuf>,
     ) -> ttrpc::Result<Arc<dyn Sandbox>> {
         if let Some(s) = &pod.sandbox {
             if let Some(reason) = s.death().borrow().clone() {
@@ -128,6 +129,7 @@ impl Inner {
             vcpus: settings.vcpus.unwrap_or(self.config.vm.vcpus),
             memory_mib: settings.memory_mib.unwrap_or(self.config.vm.memory_mib),
             hostname: hostname.to_string(),
+            netns,
         };
         let sandbox = sandbox::start(spec).await.map_err(|e| {
             tracing::error!(sandbox = id, error = %e, "sandbox did not start");
@@ -313,7 +315,13 @@ impl Task for TaskService {
         let hostname = oci_spec.hostname().clone().unwrap_or_default();
         let first = pod.sandbox.is_none();
         let sandbox = this
-            .sandbox_for(&mut pod, &req.id, &annotations, &hostname)
+            .sandbox_for(
+                &mut pod,
+                &req.id,
+                &annotations,
+                &hostname,
+                crate::network::netns_path(&oci_spec),
+            )
             .await?;
         let scratch = sandbox::sandbox_dir(&this.config.state_dir, &pod.sandbox_id).join("build");
         let created = this

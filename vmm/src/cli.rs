@@ -13,8 +13,8 @@ use crate::jail::relay::ChildEnd;
 use crate::jail::{self, Forked, JailConfig, JailError};
 use crate::seccomp::{self, SeccompLevel, ThreadKind};
 use crate::{
-    demo, BlockConfig, Console, CpuTemplate, KernelSource, Vm, VmConfig, VmError, VmExit,
-    VmOutcome, VsockConfig,
+    demo, BlockConfig, Console, CpuTemplate, KernelSource, NetConfig, Vm, VmConfig, VmError,
+    VmExit, VmOutcome, VsockConfig,
 };
 use crate::{SnpConfig, SnpFirmware};
 
@@ -151,6 +151,10 @@ pub struct RunArgs {
     /// `CONNECT <port>`; guest connections to host port P go to `PATH_P`.
     #[arg(long, value_name = "PATH", requires = "vsock_cid")]
     pub vsock_uds: Option<PathBuf>,
+    /// A virtio-net device on an existing tap in the VMM's network namespace (repeatable;
+    /// eth0, eth1, ... in order); the MAC is random unless given, the MTU 1500 unless given.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,mtu=N]", value_parser = parse_net)]
+    pub nets: Vec<NetConfig>,
     /// Attach the boot timer: a guest write of 123 to its page records the boot time.
     #[arg(long)]
     pub boot_timer: bool,
@@ -250,6 +254,11 @@ fn parse_disk(spec: &str) -> Result<BlockConfig, CliError> {
         }
     }
     Ok(disk)
+}
+
+fn parse_net(spec: &str) -> Result<NetConfig, String> {
+    spec.parse()
+        .map_err(|e: veil_devices::virtio::net::NetError| e.to_string())
 }
 
 fn template_names() -> String {
@@ -403,6 +412,7 @@ fn run(args: RunArgs, start: Instant) -> Result<Ran, CliError> {
             guest_cid,
             uds_path,
         });
+    config.nets = args.nets;
     config.boot_timer = args.boot_timer;
     config.snp = snp;
     let Some(jail) = jail else {

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 pub use veil_devices::virtio::block::BlockConfig;
+pub use veil_devices::virtio::net::{MacAddr, NetConfig};
 pub use veil_devices::virtio::vsock::VsockConfig;
 
 use crate::seccomp::SeccompLevel;
@@ -84,6 +85,9 @@ pub struct VmConfig {
     pub disks: Vec<BlockConfig>,
     /// virtio-vsock with the hybrid Unix-socket backend.
     pub vsock: Option<VsockConfig>,
+    /// virtio-net devices, each on an existing tap that `Vm::new` opens (in the network
+    /// namespace it is called in) and keeps open: eth0, eth1, ... in order.
+    pub nets: Vec<NetConfig>,
     /// Attach the boot timer device at `layout::BOOT_TIMER_ADDR`.
     pub boot_timer: bool,
     /// How to launch a [`KernelSource::Igvm`] guest; `None` means through KVM with the
@@ -108,6 +112,7 @@ impl VmConfig {
             kvm_device: PathBuf::from(DEFAULT_KVM_DEVICE),
             disks: Vec::new(),
             vsock: None,
+            nets: Vec::new(),
             boot_timer: false,
             snp: None,
             seccomp: SeccompLevel::default(),

@@ -11,6 +11,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use veil_devices::boot_timer::{BootTime, BootTimer, BOOT_TIMER_LEN};
 use veil_devices::bus::{Bus, BusError};
 use veil_devices::virtio::block::{Block, BlockConfig, BlockError};
+use veil_devices::virtio::net::{Net, NetConfig, NetError};
 use veil_devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
 use veil_devices::virtio::{GuestMemory, MmioAttachment, MmioTransport, VirtioDevice};
 
@@ -30,6 +31,8 @@ pub enum DeviceError {
     Disk { index: usize, source: BlockError },
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error("network device {index}: {source}")]
+    Net { index: usize, source: NetError },
     #[error("{count} virtio devices requested; a VM has IRQs for at most {MAX_VIRTIO_DEVICES}")]
     TooManyDevices { count: usize },
     #[error("cannot create the event fds of a virtio device: {0}")]
@@ -73,19 +76,27 @@ pub struct Attached {
     pub cmdline_args: Vec<String>,
 }
 
-/// Attaches the boot timer (when asked for), the disks, then vsock. For a `confidential`
+/// The virtio devices a VM is built with.
+pub struct Wanted {
+    pub disks: Vec<BlockConfig>,
+    pub vsock: Option<VsockConfig>,
+    pub nets: Vec<NetConfig>,
+}
+
+/// Attaches the boot timer (when asked for), the disks, vsock, then the network devices
+/// (whose taps are opened here, in the caller's network namespace). For a `confidential`
 /// (SEV-SNP) guest the virtio devices offer VIRTIO_F_ACCESS_PLATFORM, without which such a
 /// guest refuses them.
 pub fn attach(
     vm_fd: &VmFd,
     mem: &GuestMemory,
     mmio: &mut Bus,
-    disks: Vec<BlockConfig>,
-    vsock: Option<VsockConfig>,
+    wanted: Wanted,
     boot_timer: Option<Instant>,
     confidential: bool,
 ) -> Result<Attached, DeviceError> {
-    let count = disks.len() + usize::from(vsock.is_some());
+    let Wanted { disks, vsock, nets } = wanted;
+    let count = disks.len() + usize::from(vsock.is_some()) + nets.len();
     if count > MAX_VIRTIO_DEVICES {
         return Err(DeviceError::TooManyDevices { count });
     }
@@ -116,6 +127,14 @@ pub fn attach(
             irq,
             &mut attached,
         )?;
+        if confidential {
+            lock(&transport).offer_access_platform();
+        }
+    }
+    for (index, config) in nets.into_iter().enumerate() {
+        let net = Net::new(config).map_err(|source| DeviceError::Net { index, source })?;
+        let (base, irq) = slots.next().expect("endless");
+        let transport = wire(vm_fd, mem, mmio, net, base, irq, &mut attached)?;
         if confidential {
             lock(&transport).offer_access_platform();
         }

@@ -28,6 +28,7 @@ pub mod vm;
 pub mod x86_64;
 
 pub use config::{BlockConfig, Console, KernelSource, VmConfig, VsockConfig};
+pub use config::{MacAddr, NetConfig};
 pub use devices::DiskHandle;
 pub use jail::JailConfig;
 pub use seccomp::SeccompLevel;

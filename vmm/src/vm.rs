@@ -200,8 +200,11 @@ impl Vm {
             &vm_fd,
             memory,
             &mut mmio,
-            std::mem::take(&mut config.disks),
-            config.vsock.take(),
+            devices::Wanted {
+                disks: std::mem::take(&mut config.disks),
+                vsock: config.vsock.take(),
+                nets: std::mem::take(&mut config.nets),
+            },
             config.boot_timer.then_some(start),
             confidential,
         )?;

@@ -259,3 +259,30 @@ fn bad_device_options() {
         &["bytes announcing the virtio devices", "at most 2047"],
     );
 }
+
+#[test]
+fn bad_net_options() {
+    let out = veil(&["run", "--kernel", guest(), "--net", "tap=veilnosuchtap"]);
+    assert_refused(
+        &out,
+        &[
+            "network device 0",
+            "tap \"veilnosuchtap\" does not exist in the VMM's network namespace",
+        ],
+    );
+
+    for (spec, message) in [
+        (
+            "tap=t0,mac=02:00:00:00:00",
+            "MAC address \"02:00:00:00:00\"",
+        ),
+        ("tap=t0,mac=01:00:00:00:00:01", "is not a unicast address"),
+        ("mac=02:00:00:00:00:01", "tap=NAME is required"),
+        ("tap=t0,mtu=20", "MTU 20 is outside"),
+    ] {
+        let out = veil(&["run", "--kernel", guest(), "--net", spec]);
+        assert_ne!(out.status.code(), Some(0), "{spec} accepted");
+        let stderr = common::stderr(&out);
+        assert!(stderr.contains(message), "{spec}: {stderr}");
+    }
+}

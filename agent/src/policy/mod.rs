@@ -28,6 +28,10 @@ default CreateSandboxRequest := true
 default DestroySandboxRequest := true
 default GuestDetailsRequest := true
 default SetPolicyRequest := true
+default UpdateInterfaceRequest := true
+default UpdateRoutesRequest := true
+default ListInterfacesRequest := true
+default ListRoutesRequest := true
 "#;
 
 /// Errors from loading or applying a policy.

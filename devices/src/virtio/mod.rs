@@ -11,6 +11,7 @@ pub mod block;
 mod drain;
 mod interrupt;
 mod mmio;
+pub mod net;
 mod subscriber;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -52,6 +53,7 @@ pub mod status {
 
 /// Virtio device type ids (virtio 1.2, 5).
 pub mod device_type {
+    pub const NET: u32 = 1;
     pub const BLOCK: u32 = 2;
     pub const VSOCK: u32 = 19;
 }

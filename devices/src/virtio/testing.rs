@@ -166,11 +166,20 @@ pub fn read_reg<D: VirtioDevice>(t: &mut MmioTransport<D>, offset: u64) -> u32 {
 /// Runs the driver side of device initialisation (virtio 1.2, 3.1.1) accepting every offered
 /// feature, with one ring per queue.
 pub fn init_device<D: VirtioDevice>(t: &mut MmioTransport<D>, rings: &[&DriverRing]) {
+    init_device_with_features(t, rings, u64::MAX);
+}
+
+/// [`init_device`] accepting only the offered features that are also in `accept`.
+pub fn init_device_with_features<D: VirtioDevice>(
+    t: &mut MmioTransport<D>,
+    rings: &[&DriverRing],
+    accept: u64,
+) {
     write_reg(t, 0x70, status::ACKNOWLEDGE);
     write_reg(t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
     for sel in 0..2 {
         write_reg(t, 0x14, sel);
-        let offered = read_reg(t, 0x10);
+        let offered = read_reg(t, 0x10) & (accept >> (32 * sel)) as u32;
         write_reg(t, 0x24, sel);
         write_reg(t, 0x20, offered);
     }

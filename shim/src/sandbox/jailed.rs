@@ -42,6 +42,7 @@ impl JailedVmm {
         jail_user: &str,
         config: VmConfig,
         dir: &Path,
+        netns: Option<&Path>,
         death: watch::Sender<Option<String>>,
     ) -> Result<Self, SandboxError> {
         let io = |what: &'static str, path: &Path| {
@@ -54,16 +55,28 @@ impl JailedVmm {
         let (ours, theirs) =
             UnixStream::pair().map_err(io("creating the control socket in", dir))?;
         let theirs_fd = theirs.as_raw_fd();
+        // The VMM opens its taps (by name) before it enters the jail's own network namespace,
+        // so it starts in the pod's, where the shim made the tap.
+        let netns = netns
+            .map(|path| File::open(path).map_err(io("opening the pod network namespace", path)))
+            .transpose()?;
+        let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
         let mut command = tokio::process::Command::new(veil);
         command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        // SAFETY: between fork and exec only dup2, which is async-signal-safe; the duplicate
+        // SAFETY: between fork and exec only setns and dup2, which are async-signal-safe
+        // system calls on descriptors that stay open until the spawn returns; the duplicate
         // has no CLOEXEC, so the VMM inherits its end as fd 3.
         unsafe {
             command.pre_exec(move || {
+                if let Some(fd) = netns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if libc::dup2(theirs_fd, CONTROL_FD) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -72,6 +85,7 @@ impl JailedVmm {
         }
         let mut child = command.spawn().map_err(io("starting the VMM", veil))?;
         drop(theirs);
+        drop(netns);
         let pid = child.id().unwrap_or_default();
         tokio::spawn(async move {
             let reason = match child.wait().await {
@@ -178,6 +192,13 @@ fn veil_args(config: &VmConfig, jail_user: &str) -> Result<Vec<OsString>, Sandbo
         }
         arg("--disk", spec);
     }
+    for net in &config.nets {
+        let mut spec = format!("tap={},mtu={}", net.tap, net.mtu);
+        if let Some(mac) = net.mac {
+            spec.push_str(&format!(",mac={mac}"));
+        }
+        arg("--net", spec.into());
+    }
     if let Some(vsock) = &config.vsock {
         arg("--vsock-cid", vsock.guest_cid.to_string().into());
         arg("--vsock-uds", vsock.uds_path.clone().into());
@@ -224,6 +245,10 @@ mod tests {
             guest_cid: 3,
             uds_path: "/d/vsock.sock".into(),
         });
+        let mut net = veil_vmm::NetConfig::new("veiltap0");
+        net.mac = Some("02:00:c6:12:00:02".parse().unwrap());
+        net.mtu = 1450;
+        config.nets = vec![net];
         let args: Vec<String> = veil_args(&config, "nobody")
             .unwrap()
             .into_iter()
@@ -236,6 +261,7 @@ mod tests {
             "--vcpus 2 --mem-mib 512",
             "--console /d/console.log",
             "--disk /d/init.img,ro,id=veil-init-data --disk ,ro,id=veil-rootfs-0",
+            "--net tap=veiltap0,mtu=1450,mac=02:00:c6:12:00:02",
             "--vsock-cid 3 --vsock-uds /d/vsock.sock",
             "--jail-user nobody --jail-max-memory-mib 1792 --control-fd 3",
         ] {

@@ -77,6 +77,8 @@ pub struct SandboxSpec<'a> {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub hostname: String,
+    /// The pod's network namespace (from its OCI spec); `None` for host-network pods.
+    pub netns: Option<PathBuf>,
 }
 
 /// A running sandbox.
@@ -98,6 +100,10 @@ pub trait Sandbox: Send + Sync {
     fn ending(&self) -> bool;
     /// Stops everything and removes every host resource the sandbox made. Idempotent.
     async fn destroy(&self);
+    /// The pod network wired into the sandbox, if any.
+    fn network(&self) -> Option<&crate::network::PodNetwork> {
+        None
+    }
 }
 
 /// Starts a sandbox of the configured kind and readies its agent (policy, CreateSandbox).
@@ -154,6 +160,12 @@ async fn ready_agent(sandbox: &dyn Sandbox, spec: &SandboxSpec<'_>) -> Result<()
             call: "CreateSandbox",
             source,
         })?;
+    if let Some(network) = sandbox.network() {
+        network
+            .configure_guest(agent)
+            .await
+            .map_err(|e| SandboxError::Vm(format!("configuring the guest's network: {e}")))?;
+    }
     Ok(())
 }
 

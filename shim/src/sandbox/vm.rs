@@ -26,6 +26,7 @@ use veil_vmm::{
 use super::jailed::{self, JailedVmm};
 use super::{connect_agent, ctx, Sandbox, SandboxError, SandboxSpec, AGENT_VSOCK_PORT};
 use crate::config::SandboxKind;
+use crate::network::PodNetwork;
 use crate::rootfs::Image;
 
 /// The guest's vsock context id (each VM has its own device, so one value serves all).
@@ -207,12 +208,36 @@ pub struct VmSandbox {
     death: watch::Receiver<Option<String>>,
     destroyed: tokio::sync::Mutex<bool>,
     ending: std::sync::atomic::AtomicBool,
+    network: Option<PodNetwork>,
 }
 
 impl VmSandbox {
     pub async fn start(spec: &SandboxSpec<'_>) -> Result<Arc<dyn Sandbox>, SandboxError> {
         let plan = VmPlan::new(spec)?;
         let config = plan.vm_config(&spec.dir)?;
+        let network = match &spec.netns {
+            Some(netns) => PodNetwork::setup(netns)
+                .await
+                .map_err(|e| SandboxError::Vm(format!("pod network: {e}")))?,
+            None => None,
+        };
+        let started = Self::start_with(spec, config, network.clone()).await;
+        if let (Err(_), Some(network)) = (&started, &network) {
+            network.teardown().await;
+        }
+        started
+    }
+
+    async fn start_with(
+        spec: &SandboxSpec<'_>,
+        mut config: VmConfig,
+        network: Option<PodNetwork>,
+    ) -> Result<Arc<dyn Sandbox>, SandboxError> {
+        let net_error =
+            |e: crate::network::NetworkError| SandboxError::Vm(format!("pod network: {e}"));
+        if let Some(network) = &network {
+            config.nets.push(network.net_config().map_err(net_error)?);
+        }
         let socket = spec.dir.join("vsock.sock");
         tracing::info!(
             sandbox = spec.id,
@@ -227,9 +252,10 @@ impl VmSandbox {
             true => {
                 let veil = jailed::veil_binary(spec.config.vm.veil.as_deref())?;
                 let user = &spec.config.vm.jail_user;
-                Vmm::Jailed(JailedVmm::spawn(&veil, user, config, &spec.dir, tx)?)
+                let netns = network.as_ref().map(PodNetwork::netns);
+                Vmm::Jailed(JailedVmm::spawn(&veil, user, config, &spec.dir, netns, tx)?)
             }
-            false => run_on_thread(spec, config, tx).await?,
+            false => run_on_thread(spec, config, network.as_ref(), tx).await?,
         };
         let timeout = Duration::from_secs(spec.config.agent_start_timeout_secs);
         let connected = connect_agent(
@@ -262,20 +288,32 @@ impl VmSandbox {
             death,
             destroyed: tokio::sync::Mutex::new(false),
             ending: std::sync::atomic::AtomicBool::new(false),
+            network,
         }))
     }
 }
 
-/// Builds the VM with the library and runs it on a thread of the shim.
+/// Builds the VM with the library and runs it on a thread of the shim. The VMM opens the tap
+/// by name, so with a pod network the VM is built in the pod's namespace, where the tap is.
 async fn run_on_thread(
     spec: &SandboxSpec<'_>,
     config: VmConfig,
+    network: Option<&PodNetwork>,
     tx: watch::Sender<Option<String>>,
 ) -> Result<Vmm, SandboxError> {
-    let vm = tokio::task::spawn_blocking(move || Vm::new(config))
-        .await
-        .expect("VM build task")
-        .map_err(|e| SandboxError::Vm(format!("cannot build the VM: {e}")))?;
+    let vm = match network {
+        Some(network) => {
+            let network = network.clone();
+            tokio::task::spawn_blocking(move || network.run_in_netns(move || Vm::new(config)))
+                .await
+                .expect("VM build task")
+                .map_err(|e| SandboxError::Vm(format!("pod network: {e}")))?
+        }
+        None => tokio::task::spawn_blocking(move || Vm::new(config))
+            .await
+            .expect("VM build task"),
+    }
+    .map_err(|e| SandboxError::Vm(format!("cannot build the VM: {e}")))?;
     if let Some(launch) = vm.snp_launch() {
         tracing::info!(
             sandbox = spec.id,
@@ -357,6 +395,10 @@ impl Sandbox for VmSandbox {
         self.ending.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    fn network(&self) -> Option<&PodNetwork> {
+        self.network.as_ref()
+    }
+
     async fn destroy(&self) {
         let mut destroyed = self.destroyed.lock().await;
         if *destroyed {
@@ -382,6 +424,9 @@ impl Sandbox for VmSandbox {
             }
         }
         let _ = death.wait_for(Option::is_some).await;
+        if let Some(network) = &self.network {
+            network.teardown().await;
+        }
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || crate::cleanup::remove_tree(&dir))
             .await
@@ -405,6 +450,7 @@ mod tests {
             vcpus: 2,
             memory_mib: 512,
             hostname: "pod1".into(),
+            netns: None,
         }
     }
 

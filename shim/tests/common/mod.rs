@@ -117,7 +117,8 @@ pub fn build_image(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     for applet in [
         "sh", "echo", "cat", "sleep", "true", "false", "ls", "hostname", "id", "ps", "kill", "tty",
-        "stty",
+        "stty", // networking tests
+        "nc", "ping", "httpd", "ip", "mkdir",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }

@@ -35,6 +35,8 @@ pub mod ioctls {
         iow(0xd2, size_of::<kvm_bindings::kvm_memory_attributes>());
     /// `set_nonblocking` on a socket (std uses FIONBIO).
     pub const FIONBIO: u64 = libc::FIONBIO;
+    /// virtio-net activation: the tap's offloads follow what the driver accepted.
+    pub const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
 }
 
 fn any(nr: libc::c_long) -> Entry {
@@ -127,6 +129,8 @@ pub fn vcpu() -> Result<Vec<Entry>> {
             KVM_GET_SREGS,
             // SEV-SNP page-state changes (hypercall and memory-fault exits).
             KVM_SET_MEMORY_ATTRIBUTES,
+            // virtio-net activation (a Status write) sets the tap's offloads.
+            TUNSETOFFLOAD,
         ])?,
         // SEV-SNP page-state changes: dropping a converted range's stale guest_memfd pages.
         any(libc::SYS_fallocate),
@@ -239,6 +243,7 @@ mod tests {
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
         assert_eq!(KVM_SET_MEMORY_ATTRIBUTES, 0x4020_aed2);
+        assert_eq!(TUNSETOFFLOAD, 0x4004_54d0);
     }
 
     #[test]
