@@ -113,6 +113,9 @@ async fn exec(client: &mut Client, id: &str, cmd: &str) -> (i32, String) {
 
 #[test]
 fn cri_pod_network_reaches_a_peer_namespace() {
+    // On the host (L1 sees the workspace read-only): the `veil` the shim runs jailed for each
+    // VM sandbox (the default), found next to the shim.
+    veil_binary();
     if !run_test_in_l1(
         "cri_pod_network_reaches_a_peer_namespace",
         Duration::from_secs(1800),
