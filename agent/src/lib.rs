@@ -10,6 +10,7 @@
 pub mod attestation;
 pub mod client;
 pub mod container;
+pub mod hex;
 pub mod init;
 pub mod logging;
 pub mod policy;

@@ -1,12 +1,9 @@
-//! cgroup v2 for one container: `<root>/veil/<id>`, limits from the OCI resources, stats, kill.
+//! cgroup v2 for one container, as libcontainer made it (`<root>/veil/<id>`): stats, the
+//! processes in it, kill.
 
 use std::path::{Path, PathBuf};
 
-use super::ContainerError;
-use crate::protocols::{agent, oci};
-
-/// Controllers the agent enables for containers when the hierarchy offers them.
-const CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
+use crate::protocols::agent;
 
 /// Finds the cgroup v2 mount: `/sys/fs/cgroup` in the guest, `/sys/fs/cgroup/unified` on hybrid
 /// hosts.
@@ -24,64 +21,18 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// Creates `<root>/veil/<id>` and applies `resources`. Refuses an existing directory (it
-    /// would belong to another container or a leftover).
-    pub fn create(
-        root: &Path,
-        id: &str,
-        resources: Option<&oci::LinuxResources>,
-    ) -> Result<Self, ContainerError> {
-        let parent = root.join("veil");
-        if !parent.exists() {
-            std::fs::create_dir(&parent).map_err(|e| ContainerError::io("creating", &parent, e))?;
+
+    /// The cgroup libcontainer made for container `id` under `root` (`<root>/veil/<id>`).
+    pub fn at(root: &Path, id: &str) -> Self {
+        Self {
+            path: root.join("veil").join(id),
         }
-        enable_controllers(root);
-        enable_controllers(&parent);
-        let path = parent.join(id);
-        std::fs::create_dir(&path).map_err(|e| ContainerError::io("creating", &path, e))?;
-        let cgroup = Cgroup { path };
-        if let Some(r) = resources {
-            if let Err(e) = cgroup.apply(r) {
-                cgroup.remove();
-                return Err(e);
-            }
-        }
-        Ok(cgroup)
     }
 
-    /// `cgroup.procs`, which a child writes `0` to in order to join.
-    pub fn procs_file(&self) -> PathBuf {
+    fn procs_file(&self) -> PathBuf {
         self.path.join("cgroup.procs")
     }
 
-    fn apply(&self, r: &oci::LinuxResources) -> Result<(), ContainerError> {
-        if let Some(mem) = r.Memory.as_ref() {
-            if mem.Limit > 0 {
-                self.write_limit("memory.max", &mem.Limit.to_string())?;
-            }
-        }
-        if let Some(pids) = r.Pids.as_ref() {
-            if pids.Limit > 0 {
-                self.write_limit("pids.max", &pids.Limit.to_string())?;
-            }
-        }
-        if let Some(cpu) = r.CPU.as_ref() {
-            if cpu.Quota > 0 {
-                let period = if cpu.Period > 0 { cpu.Period } else { 100_000 };
-                self.write_limit("cpu.max", &format!("{} {period}", cpu.Quota))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes a limit; a controller this hierarchy lacks is an error (a limit the caller asked
-    /// for must not be silently dropped).
-    fn write_limit(&self, file: &str, value: &str) -> Result<(), ContainerError> {
-        let path = self.path.join(file);
-        std::fs::write(&path, value).map_err(|e| ContainerError::io("writing limit to", &path, e))
-    }
-
-    /// Pids currently in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
         std::fs::read_to_string(self.procs_file())
             .unwrap_or_default()
@@ -154,19 +105,5 @@ impl Cgroup {
         let mut resp = agent::StatsContainerResponse::new();
         resp.cgroup_stats = protobuf::MessageField::some(cg);
         resp
-    }
-}
-
-/// Delegates the controllers we use to children of `dir`, where offered. Failure is only
-/// logged: a later limit write reports the missing controller precisely.
-fn enable_controllers(dir: &Path) {
-    let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-    for controller in CONTROLLERS {
-        if available.split_whitespace().any(|c| c == *controller) {
-            let file = dir.join("cgroup.subtree_control");
-            if let Err(e) = std::fs::write(&file, format!("+{controller}")) {
-                tracing::debug!(file = %file.display(), controller, error = %e, "controller not enabled");
-            }
-        }
     }
 }

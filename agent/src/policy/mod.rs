@@ -28,6 +28,7 @@ default CreateSandboxRequest := true
 default DestroySandboxRequest := true
 default GuestDetailsRequest := true
 default SetPolicyRequest := true
+default AllowUnverifiedLayers := true
 "#;
 
 /// Errors from loading or applying a policy.
