@@ -244,7 +244,15 @@ async fn cgroup_limits_are_applied_or_refused_never_dropped() {
     let pids_controller = std::fs::read_to_string(root.join("cgroup.controllers"))
         .unwrap()
         .split_whitespace()
-        .any(|c| c == "pids");
+        .any(|c| c == "pids")
+        || cgroup_dir(id)
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("pids.max")
+            .exists()
+        || std::path::Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists();
     let result = client.agent.create_container(ctx(), &create).await;
     if pids_controller {
         result.unwrap();

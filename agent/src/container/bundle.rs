@@ -21,6 +21,8 @@ pub const SHARED_PREFIX: &str = "/run/kata-containers/shared/containers/";
 pub const EPHEMERAL_PREFIX: &str = "/run/kata-containers/sandbox/ephemeral/";
 /// Namespaces a container may ask for (created new; paths are host paths and refused).
 const NAMESPACES: &[&str] = &["pid", "ipc", "uts", "mount", "network", "user", "cgroup"];
+/// Namespaces a container gets when its spec names none.
+const DEFAULT_NAMESPACES: &[&str] = &["pid", "ipc", "uts", "mount"];
 /// Kernel file systems a spec may mount, besides binds of agent-managed directories.
 const MOUNT_TYPES: &[&str] = &[
     "proc", "tmpfs", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "bind",
@@ -58,7 +60,10 @@ fn bounded<T>(what: &str, list: &[T]) -> Result<(), ContainerError> {
 
 /// Refuses fields of `msg` this subset of Kata's proto does not model (they arrive as unknown
 /// fields): `names` maps their numbers to the names in Kata's `oci.proto`.
-fn refuse_unknown(msg: &dyn protobuf::MessageDyn, names: &[(u32, &str)]) -> Result<(), ContainerError> {
+fn refuse_unknown(
+    msg: &dyn protobuf::MessageDyn,
+    names: &[(u32, &str)],
+) -> Result<(), ContainerError> {
     for (number, _) in msg.special_fields_dyn().unknown_fields() {
         let name = names
             .iter()
@@ -74,10 +79,7 @@ fn refuse_unknown(msg: &dyn protobuf::MessageDyn, names: &[(u32, &str)]) -> Resu
 
 /// The runc `config.json` for `spec`, with the root, cgroup and volume paths the agent chose.
 pub fn config_json(spec: &oci::Spec, at: &BundlePaths<'_>) -> Result<Value, ContainerError> {
-    let process = spec
-        .Process
-        .as_ref()
-        .ok_or_else(|| invalid("no Process"))?;
+    let process = spec.Process.as_ref().ok_or_else(|| invalid("no Process"))?;
     if spec.Hostname.len() > 64 || spec.Hostname.contains('\0') {
         return Err(invalid(format!("hostname {:?}", spec.Hostname)));
     }
@@ -189,7 +191,10 @@ pub fn bind_source(source: &str, at: &BundlePaths<'_>) -> Result<PathBuf, Contai
             path: source.to_string(),
         });
     };
-    let rel = relative_inside("bind mount source", &format!("/{}", &source[prefix.len()..]))?;
+    let rel = relative_inside(
+        "bind mount source",
+        &format!("/{}", &source[prefix.len()..]),
+    )?;
     if rel.as_os_str().is_empty() {
         return Err(ContainerError::InvalidPath {
             what: "bind mount source (names no file)",
@@ -210,7 +215,10 @@ fn mount_json(m: &oci::Mount, at: &BundlePaths<'_>) -> Result<Value, ContainerEr
         )));
     }
     if m.options.iter().any(|o| o.contains('\0')) {
-        return Err(invalid(format!("NUL in mount options of {}", m.destination)));
+        return Err(invalid(format!(
+            "NUL in mount options of {}",
+            m.destination
+        )));
     }
     let source = if is_bind {
         bind_source(&m.source, at)?.display().to_string()
@@ -274,8 +282,27 @@ fn linux_json(l: &oci::Linux, at: &BundlePaths<'_>) -> Result<Value, ContainerEr
     if l.Sysctl.len() > MAX_ENTRIES {
         return Err(invalid("too many Sysctl entries"));
     }
+    // A spec naming no namespaces gets runc's usual set; the network namespace stays the
+    // guest's, which is the pod's.
+    let requested: Vec<oci::LinuxNamespace> = if l.Namespaces.is_empty() {
+        DEFAULT_NAMESPACES
+            .iter()
+            .map(|t| oci::LinuxNamespace {
+                Type: t.to_string(),
+                ..Default::default()
+            })
+            .collect()
+    } else {
+        l.Namespaces.clone()
+    };
+    if !requested.iter().any(|ns| ns.Type == "mount") {
+        // Without one, the container's mounts and pivot_root would happen in the agent's.
+        return Err(unsupported(
+            "a container without its own mount namespace (Linux.Namespaces lacks \"mount\")",
+        ));
+    }
     let mut namespaces = Vec::new();
-    for ns in &l.Namespaces {
+    for ns in &requested {
         if !NAMESPACES.contains(&ns.Type.as_str()) {
             return Err(unsupported(format!("namespace type {:?}", ns.Type)));
         }
@@ -377,7 +404,11 @@ pub fn resources_json(r: &oci::LinuxResources) -> Result<Value, ContainerError> 
             ));
         }
         let mut mem = Map::new();
-        for (key, value) in [("limit", m.Limit), ("reservation", m.Reservation), ("swap", m.Swap)] {
+        for (key, value) in [
+            ("limit", m.Limit),
+            ("reservation", m.Reservation),
+            ("swap", m.Swap),
+        ] {
             if value != 0 {
                 mem.insert(key.into(), json!(value));
             }
@@ -408,7 +439,11 @@ pub fn resources_json(r: &oci::LinuxResources) -> Result<Value, ContainerError> 
         }
         for (key, value) in [("cpus", &c.Cpus), ("mems", &c.Mems)] {
             if !value.is_empty() {
-                if value.len() > 256 || !value.bytes().all(|b| b.is_ascii_digit() || b == b',' || b == b'-') {
+                if value.len() > 256
+                    || !value
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || b == b',' || b == b'-')
+                {
                     return Err(invalid(format!("LinuxCPU.{key} {value:?}")));
                 }
                 cpu.insert(key.into(), json!(value));

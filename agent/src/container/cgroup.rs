@@ -1,8 +1,14 @@
-//! cgroup v2 for one container, as libcontainer made it (`<root>/veil/<id>`): stats, the
-//! processes in it, kill.
+//! One container's cgroup, as libcontainer made it, through libcgroups (v2 in the guest; v1
+//! on hybrid development hosts): its processes, kill, freeze, limits, stats.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use libcgroups::common::{
+    create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt,
+    FreezerState,
+};
+
+use super::ContainerError;
 use crate::protocols::agent;
 
 /// Finds the cgroup v2 mount: `/sys/fs/cgroup` in the guest, `/sys/fs/cgroup/unified` on hybrid
@@ -14,96 +20,114 @@ pub fn detect_root() -> Option<PathBuf> {
         .find(|p| p.join("cgroup.controllers").exists())
 }
 
-/// One container's cgroup directory.
-#[derive(Debug)]
+/// One container's cgroup.
 pub struct Cgroup {
-    path: PathBuf,
+    manager: AnyCgroupManager,
+}
+
+fn cgroup_err(what: &str, e: impl std::fmt::Display) -> ContainerError {
+    ContainerError::Runtime(format!("cgroup {what}: {e}"))
 }
 
 impl Cgroup {
-
-    /// The cgroup libcontainer made for container `id` under `root` (`<root>/veil/<id>`).
-    pub fn at(root: &Path, id: &str) -> Self {
-        Self {
-            path: root.join("veil").join(id),
-        }
+    /// The cgroup at `cgroups_path` (relative to the hierarchy, as in the OCI spec).
+    pub fn open(cgroups_path: &str, id: &str) -> Result<Self, ContainerError> {
+        let manager = create_cgroup_manager(CgroupConfig {
+            cgroup_path: PathBuf::from(cgroups_path),
+            systemd_cgroup: false,
+            container_name: id.to_string(),
+        })
+        .map_err(|e| cgroup_err("manager", e))?;
+        Ok(Self { manager })
     }
 
-    fn procs_file(&self) -> PathBuf {
-        self.path.join("cgroup.procs")
-    }
-
+    /// Pids of every process in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
-        std::fs::read_to_string(self.procs_file())
+        self.manager
+            .get_all_pids()
+            .map(|p| p.into_iter().map(|p| p.as_raw()).collect())
             .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
     }
 
-    /// Sends SIGKILL to everything in the cgroup (`cgroup.kill` when the kernel has it).
+    /// SIGKILL to every process: frozen first, so none can fork past the kill.
     pub fn kill_all(&self) {
-        if std::fs::write(self.path.join("cgroup.kill"), "1").is_ok() {
-            return;
-        }
+        let _ = self.manager.freeze(FreezerState::Frozen);
         for pid in self.pids() {
-            // SAFETY: kill(2) with a pid read from our own cgroup; no memory is involved.
+            // SAFETY: kill(2) on a pid read from the container's cgroup.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        let _ = self.manager.freeze(FreezerState::Thawed);
     }
 
-    /// Removes the directory (must be empty of processes). Best effort; logs a failure.
+    /// PauseContainer / ResumeContainer.
+    pub fn freeze(&self, frozen: bool) -> Result<(), ContainerError> {
+        let state = if frozen {
+            FreezerState::Frozen
+        } else {
+            FreezerState::Thawed
+        };
+        self.manager
+            .freeze(state)
+            .map_err(|e| cgroup_err("freezer", e))
+    }
+
+    /// UpdateContainer: applies `resources` (already checked by the bundle rules).
+    pub fn update(
+        &self,
+        resources: &oci_spec::runtime::LinuxResources,
+    ) -> Result<(), ContainerError> {
+        self.manager
+            .apply(&ControllerOpt {
+                resources,
+                disable_oom_killer: false,
+                oom_score_adj: None,
+                freezer_state: None,
+            })
+            .map_err(|e| cgroup_err("limits", e))
+    }
+
+    /// Removes the cgroup (after its processes are gone), when libcontainer could not.
     pub fn remove(&self) {
-        if let Err(e) = std::fs::remove_dir(&self.path) {
-            tracing::warn!(cgroup = %self.path.display(), error = %e, "cgroup not removed");
+        if let Err(e) = self.manager.remove() {
+            tracing::warn!(error = %e, "cgroup not removed");
         }
     }
 
-    /// Stats in Kata's shape, from whichever controller files exist.
-    pub fn stats(&self) -> agent::StatsContainerResponse {
-        let read_u64 = |file: &str| -> Option<u64> {
-            std::fs::read_to_string(self.path.join(file))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        };
+    /// StatsContainer's cgroup part.
+    pub fn stats(&self) -> Result<agent::StatsContainerResponse, ContainerError> {
+        let s = self.manager.stats().map_err(|e| cgroup_err("stats", e))?;
         let mut pids = agent::PidsStats::new();
-        pids.current = read_u64("pids.current").unwrap_or(self.pids().len() as u64);
-        pids.limit = read_u64("pids.max").unwrap_or(0);
+        pids.current = s.pids.current;
+        pids.limit = s.pids.limit;
 
         let mut usage = agent::MemoryData::new();
-        usage.usage = read_u64("memory.current").unwrap_or(0);
-        usage.max_usage = read_u64("memory.peak").unwrap_or(0);
-        usage.limit = read_u64("memory.max").unwrap_or(0);
+        usage.usage = s.memory.memory.usage;
+        usage.max_usage = s.memory.memory.max_usage;
+        usage.failcnt = s.memory.memory.fail_count;
+        usage.limit = s.memory.memory.limit;
         let mut memory = agent::MemoryStats::new();
+        memory.cache = s.memory.cache;
         memory.usage = protobuf::MessageField::some(usage);
 
         let mut cpu_usage = agent::CpuUsage::new();
-        if let Ok(text) = std::fs::read_to_string(self.path.join("cpu.stat")) {
-            for line in text.lines() {
-                let mut parts = line.split_whitespace();
-                let (Some(key), Some(value)) = (parts.next(), parts.next()) else {
-                    continue;
-                };
-                let nanos = value.parse::<u64>().unwrap_or(0).saturating_mul(1000);
-                match key {
-                    "usage_usec" => cpu_usage.total_usage = nanos,
-                    "user_usec" => cpu_usage.usage_in_usermode = nanos,
-                    "system_usec" => cpu_usage.usage_in_kernelmode = nanos,
-                    _ => {}
-                }
-            }
-        }
+        cpu_usage.total_usage = s.cpu.usage.usage_total;
+        cpu_usage.usage_in_usermode = s.cpu.usage.usage_user;
+        cpu_usage.usage_in_kernelmode = s.cpu.usage.usage_kernel;
+        cpu_usage.percpu_usage = s.cpu.usage.per_core_usage_total.clone();
+        let mut throttling = agent::ThrottlingData::new();
+        throttling.periods = s.cpu.throttling.periods;
+        throttling.throttled_periods = s.cpu.throttling.throttled_periods;
+        throttling.throttled_time = s.cpu.throttling.throttled_time;
         let mut cpu = agent::CpuStats::new();
         cpu.cpu_usage = protobuf::MessageField::some(cpu_usage);
+        cpu.throttling_data = protobuf::MessageField::some(throttling);
 
         let mut cg = agent::CgroupStats::new();
-        cg.pids_stats = protobuf::MessageField::some(pids);
-        cg.memory_stats = protobuf::MessageField::some(memory);
         cg.cpu_stats = protobuf::MessageField::some(cpu);
+        cg.memory_stats = protobuf::MessageField::some(memory);
+        cg.pids_stats = protobuf::MessageField::some(pids);
         let mut resp = agent::StatsContainerResponse::new();
         resp.cgroup_stats = protobuf::MessageField::some(cg);
-        resp
+        Ok(resp)
     }
 }

@@ -51,7 +51,11 @@ fn run(args: &[String]) -> Result<Option<i32>, String> {
             // SAFETY: the agent started this process with descriptors 3, 4 and 5 open for the
             // container's stdio; nothing else in this process owns them.
             let (i, o, e) = unsafe {
-                (OwnedFd::from_raw_fd(3), OwnedFd::from_raw_fd(4), OwnedFd::from_raw_fd(5))
+                (
+                    OwnedFd::from_raw_fd(3),
+                    OwnedFd::from_raw_fd(4),
+                    OwnedFd::from_raw_fd(5),
+                )
             };
             b = b.with_stdin(i).with_stdout(o).with_stderr(e);
         }

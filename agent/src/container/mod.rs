@@ -125,9 +125,7 @@ impl ContainerError {
             Self::Unsupported(_) => Code::UNIMPLEMENTED,
             Self::ContainerExists(_) | Self::ProcessExists { .. } => Code::ALREADY_EXISTS,
             Self::NoContainer(_) | Self::NoProcess { .. } => Code::NOT_FOUND,
-            Self::RootHashMismatch { .. } | Self::UnverifiedLayer { .. } => {
-                Code::PERMISSION_DENIED
-            }
+            Self::RootHashMismatch { .. } | Self::UnverifiedLayer { .. } => Code::PERMISSION_DENIED,
             Self::WrongState { .. } | Self::Busy { .. } => Code::FAILED_PRECONDITION,
             Self::Mount { .. }
             | Self::Io { .. }
@@ -243,7 +241,11 @@ impl ContainerManager {
         if !req.storages.is_empty() {
             return Err(ContainerError::Unsupported("sandbox storages".into()));
         }
-        for dir in [self.config.state_dir.clone(), self.shared_dir(), self.ephemeral_dir()] {
+        for dir in [
+            self.config.state_dir.clone(),
+            self.shared_dir(),
+            self.ephemeral_dir(),
+        ] {
             std::fs::create_dir_all(&dir).map_err(|e| ContainerError::io("creating", &dir, e))?;
         }
         Ok(())
@@ -344,19 +346,25 @@ impl ContainerManager {
             Ok(()) => self.create_init(id, exec_id, process, &bundle_dir).await,
             Err(e) => Err(e),
         };
-        let init = match created {
-            Ok(init) => init,
-            Err(e) => {
-                undo(&mut rootfs);
-                return Err(e);
-            }
-        };
+        let (init, cgroup) =
+            match created.and_then(|init| Ok((init, cgroup::Cgroup::open(&cgroups_path, id)?))) {
+                Ok(made) => made,
+                Err(e) => {
+                    // The init process (if libcontainer made one) waits for start: delete it.
+                    let _ = self
+                        .runtime
+                        .run(&self.reaper, id, runtime::Op::Delete, None)
+                        .await;
+                    undo(&mut rootfs);
+                    return Err(e);
+                }
+            };
         let container = Container {
             id: id.to_string(),
             init_exec_id: exec_id.to_string(),
             rootfs: std::sync::Mutex::new(rootfs),
             bundle: bundle_dir,
-            cgroup: cgroup::Cgroup::at(&self.config.cgroup_root, id),
+            cgroup,
             processes: std::sync::Mutex::new(HashMap::from([(
                 exec_id.to_string(),
                 Arc::new(init),
@@ -422,8 +430,11 @@ impl ContainerManager {
                 wanted: "running",
             });
         }
-        let (process, child_io) =
-            Process::new(&req.exec_id, oci_process.Terminal, console_size(oci_process))?;
+        let (process, child_io) = Process::new(
+            &req.exec_id,
+            oci_process.Terminal,
+            console_size(oci_process),
+        )?;
         let process = Arc::new(process);
         {
             let mut procs = c.processes.lock().unwrap_or_else(|p| p.into_inner());
@@ -439,7 +450,12 @@ impl ContainerManager {
         let result = match std::fs::write(&path, process_json.to_string()) {
             Ok(()) => {
                 self.runtime
-                    .run(&self.reaper, &c.id, runtime::Op::Exec(&path), Some(child_io))
+                    .run(
+                        &self.reaper,
+                        &c.id,
+                        runtime::Op::Exec(&path),
+                        Some(child_io),
+                    )
                     .await
             }
             Err(e) => Err(ContainerError::io("writing", &path, e)),
@@ -537,7 +553,7 @@ impl ContainerManager {
 
     /// StatsContainer.
     pub async fn stats(&self, id: &str) -> Result<agent::StatsContainerResponse, ContainerError> {
-        Ok(self.get(id).await?.cgroup.stats())
+        self.get(id).await?.cgroup.stats()
     }
 
     /// RemoveContainer: kills every process, waits for them, has libcontainer delete the

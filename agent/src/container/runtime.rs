@@ -52,7 +52,8 @@ impl Runtime {
             Op::Start => ("start", None),
             Op::Delete => ("delete", None),
         };
-        let spawn_err = |e| ContainerError::Runtime(format!("starting the libcontainer helper: {e}"));
+        let spawn_err =
+            |e| ContainerError::Runtime(format!("starting the libcontainer helper: {e}"));
         let (out_r, out_w) = sys::pipe().map_err(spawn_err)?;
         let (err_r, err_w) = sys::pipe().map_err(spawn_err)?;
         let mut cmd = Command::new("/proc/self/exe");
@@ -65,10 +66,17 @@ impl Runtime {
             .stdout(Stdio::from(out_w))
             .stderr(Stdio::from(err_w))
             // The helper's own log lines (libcontainer's tracing) stay quiet unless asked.
-            .env("RUST_LOG", std::env::var("VEIL_HELPER_LOG").unwrap_or_else(|_| "error".into()));
+            .env(
+                "RUST_LOG",
+                std::env::var("VEIL_HELPER_LOG").unwrap_or_else(|_| "error".into()),
+            );
         if let Some(io) = &io {
             cmd.arg("stdio");
-            let fds = [io.stdin.as_raw_fd(), io.stdout.as_raw_fd(), io.stderr.as_raw_fd()];
+            let fds = [
+                io.stdin.as_raw_fd(),
+                io.stdout.as_raw_fd(),
+                io.stderr.as_raw_fd(),
+            ];
             // SAFETY: only dup2/fcntl between fork and exec, on descriptors `io` keeps open
             // until the helper has exited (it outlives `cmd.spawn`).
             unsafe {
@@ -101,7 +109,9 @@ impl Runtime {
         }
         match path {
             Some(_) => stdout.trim().parse().map(Some).map_err(|_| {
-                ContainerError::Runtime(format!("libcontainer {name} for {id} printed no pid: {stdout:?}"))
+                ContainerError::Runtime(format!(
+                    "libcontainer {name} for {id} printed no pid: {stdout:?}"
+                ))
             }),
             None => Ok(None),
         }

@@ -154,7 +154,11 @@ impl RootFs {
             std::fs::create_dir_all(d).map_err(|e| ContainerError::io("creating", d, e))?;
         }
         // overlayfs lists the top layer first.
-        let lowerdir: Vec<String> = lower.iter().rev().map(|p| p.display().to_string()).collect();
+        let lowerdir: Vec<String> = lower
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect();
         let options = format!(
             "lowerdir={},upperdir={},workdir={}",
             lowerdir.join(":"),

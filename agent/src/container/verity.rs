@@ -75,7 +75,10 @@ pub fn parse_options(options: &[String]) -> Result<Option<VerityOptions>, Contai
     for opt in options {
         if let Some(v) = opt.strip_prefix(ROOT_HASH_OPT) {
             let hash = crate::hex::decode::<DIGEST_LEN>(v).ok_or_else(|| {
-                invalid(format!("{opt:?}: root hash must be {} hex digits", 2 * DIGEST_LEN))
+                invalid(format!(
+                    "{opt:?}: root hash must be {} hex digits",
+                    2 * DIGEST_LEN
+                ))
             })?;
             root = Some(hash);
         } else if let Some(v) = opt.strip_prefix(HASH_OFFSET_OPT) {
