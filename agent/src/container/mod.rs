@@ -152,6 +152,8 @@ struct Container {
     /// The OCI bundle libcontainer was given (config.json, exec process files).
     bundle: PathBuf,
     cgroup: cgroup::Cgroup,
+    /// StartContainer has run: exec needs it.
+    started: std::sync::atomic::AtomicBool,
     processes: std::sync::Mutex<HashMap<String, Arc<Process>>>,
 }
 
@@ -339,9 +341,15 @@ impl ContainerManager {
             let _ = std::fs::remove_dir_all(&bundle_dir);
             let _ = std::fs::remove_dir(&dir);
         };
-        let written = std::fs::create_dir_all(&bundle_dir)
-            .and_then(|()| std::fs::write(bundle_dir.join("config.json"), config.to_string()))
-            .map_err(|e| ContainerError::io("writing the bundle in", &bundle_dir, e));
+        let written = program_in_root(process, &rootfs.merged())
+            .and_then(|()| {
+                std::fs::create_dir_all(&bundle_dir)
+                    .map_err(|e| ContainerError::io("creating", &bundle_dir, e))
+            })
+            .and_then(|()| {
+                std::fs::write(bundle_dir.join("config.json"), config.to_string())
+                    .map_err(|e| ContainerError::io("writing the bundle in", &bundle_dir, e))
+            });
         let created = match written {
             Ok(()) => self.create_init(id, exec_id, process, &bundle_dir).await,
             Err(e) => Err(e),
@@ -365,6 +373,7 @@ impl ContainerManager {
             rootfs: std::sync::Mutex::new(rootfs),
             bundle: bundle_dir,
             cgroup,
+            started: std::sync::atomic::AtomicBool::new(false),
             processes: std::sync::Mutex::new(HashMap::from([(
                 exec_id.to_string(),
                 Arc::new(init),
@@ -404,6 +413,7 @@ impl ContainerManager {
         self.runtime
             .run(&self.reaper, id, runtime::Op::Start, None)
             .await?;
+        c.started.store(true, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(
             container = id,
             pid = init.pid().unwrap_or(0),
@@ -422,10 +432,11 @@ impl ContainerManager {
             .ok_or_else(|| ContainerError::InvalidSpec("no process".into()))?;
         let process_json = bundle::process_json(oci_process)?;
         let init = c.init()?;
-        if init.has_exited() {
+        let started = c.started.load(std::sync::atomic::Ordering::SeqCst);
+        if !started || init.has_exited() {
             return Err(ContainerError::WrongState {
                 id: c.id.clone(),
-                state: "stopped",
+                state: if started { "stopped" } else { "created" },
                 op: "ExecProcess",
                 wanted: "running",
             });
@@ -613,6 +624,42 @@ impl ContainerManager {
         let _ = std::fs::remove_dir_all(&c.bundle);
         let _ = std::fs::remove_dir(self.config.state_dir.join(&c.id));
         Ok(())
+    }
+}
+
+/// Default PATH for resolving a bare program name (runc's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Checks, before libcontainer runs anything, that the program exists in the container's
+/// root (host view), so a typo is an invalid argument rather than a runtime failure.
+fn program_in_root(p: &crate::protocols::oci::Process, root: &Path) -> Result<(), ContainerError> {
+    let arg0 = p.Args.first().map(String::as_str).unwrap_or_default();
+    let exists = |path: &str| {
+        paths::relative_inside("program", path)
+            .map(|rel| std::fs::symlink_metadata(root.join(rel)).is_ok())
+            .unwrap_or(false)
+    };
+    let found = if arg0.starts_with('/') {
+        exists(arg0)
+    } else if arg0.contains('/') || arg0.is_empty() {
+        false
+    } else {
+        let path_var = p
+            .Env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH);
+        path_var
+            .split(':')
+            .filter(|d| d.starts_with('/'))
+            .any(|d| exists(&format!("{}/{arg0}", d.trim_end_matches('/'))))
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(ContainerError::InvalidSpec(format!(
+            "program {arg0:?} not found in the container (absolute, or a bare name on PATH)"
+        )))
     }
 }
 
