@@ -204,6 +204,49 @@ impl agent_ttrpc::AgentService for Agent {
         )
     }
 
+    async fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let resources = req.resources.clone().unwrap_or_default();
+        handle!(
+            self,
+            "UpdateContainerRequest",
+            req,
+            self.containers.update(&req.container_id, &resources).await
+        )?;
+        Ok(Empty::new())
+    }
+
+    async fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::PauseContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle!(
+            self,
+            "PauseContainerRequest",
+            req,
+            self.containers.freeze(&req.container_id, true).await
+        )?;
+        Ok(Empty::new())
+    }
+
+    async fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ResumeContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle!(
+            self,
+            "ResumeContainerRequest",
+            req,
+            self.containers.freeze(&req.container_id, false).await
+        )?;
+        Ok(Empty::new())
+    }
+
     async fn write_stdin(
         &self,
         _ctx: &TtrpcContext,

@@ -567,6 +567,24 @@ impl ContainerManager {
         self.get(id).await?.cgroup.stats()
     }
 
+    /// UpdateContainer: new cgroup limits, checked by the same rules as at create.
+    pub async fn update(
+        &self,
+        id: &str,
+        resources: &crate::protocols::oci::LinuxResources,
+    ) -> Result<(), ContainerError> {
+        let c = self.get(id).await?;
+        let json = bundle::resources_json(resources)?;
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_value(json)
+            .map_err(|e| ContainerError::InvalidSpec(format!("resources: {e}")))?;
+        c.cgroup.update(&resources)
+    }
+
+    /// PauseContainer (`frozen`) and ResumeContainer: the cgroup freezer.
+    pub async fn freeze(&self, id: &str, frozen: bool) -> Result<(), ContainerError> {
+        self.get(id).await?.cgroup.freeze(frozen)
+    }
+
     /// RemoveContainer: kills every process, waits for them, has libcontainer delete the
     /// container (poststop hooks, cgroup, state), unmounts the layers.
     pub async fn remove(&self, id: &str) -> Result<(), ContainerError> {
