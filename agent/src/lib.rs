@@ -13,6 +13,7 @@ pub mod container;
 pub mod hex;
 pub mod init;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod protocols;
 pub mod service;

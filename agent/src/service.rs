@@ -219,6 +219,78 @@ impl agent_ttrpc::AgentService for Agent {
         Ok(Empty::new())
     }
 
+    async fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ListProcessesRequest,
+    ) -> ttrpc::Result<agent::ListProcessesResponse> {
+        let list = handle!(
+            self,
+            "ListProcessesRequest",
+            req,
+            self.containers
+                .list_processes(&req.container_id, &req.format)
+                .await
+        )?;
+        let mut resp = agent::ListProcessesResponse::new();
+        resp.process_list = list;
+        Ok(resp)
+    }
+
+    async fn copy_file(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::CopyFileRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle!(
+            self,
+            "CopyFileRequest",
+            req,
+            self.containers.copy_file(&req)
+        )?;
+        Ok(Empty::new())
+    }
+
+    async fn get_oom_event(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::GetOOMEventRequest,
+    ) -> ttrpc::Result<agent::OOMEvent> {
+        self.authorize("GetOOMEventRequest", &req)?;
+        let mut event = agent::OOMEvent::new();
+        event.container_id = self.containers.next_oom().await;
+        Ok(event)
+    }
+
+    async fn get_metrics(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::GetMetricsRequest,
+    ) -> ttrpc::Result<agent::Metrics> {
+        self.authorize("GetMetricsRequest", &req)?;
+        let mut metrics = agent::Metrics::new();
+        metrics.metrics = crate::metrics::render(self.containers.count().await);
+        Ok(metrics)
+    }
+
+    async fn set_guest_date_time(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::SetGuestDateTimeRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.authorize("SetGuestDateTimeRequest", &req)?;
+        if !self.init_daemon {
+            // On a host the clock is the host's, not the sandbox's.
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                "SetGuestDateTime: the agent is not PID 1 of a guest; the host clock is left alone",
+            ));
+        }
+        crate::metrics::set_clock(req.Sec, req.Usec)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("SetGuestDateTime: {e}")))?;
+        Ok(Empty::new())
+    }
+
     async fn pause_container(
         &self,
         _ctx: &TtrpcContext,

@@ -23,6 +23,8 @@ pub fn detect_root() -> Option<PathBuf> {
 /// One container's cgroup.
 pub struct Cgroup {
     manager: AnyCgroupManager,
+    /// Relative to the hierarchy, as in the spec.
+    cgroups_path: PathBuf,
 }
 
 fn cgroup_err(what: &str, e: impl std::fmt::Display) -> ContainerError {
@@ -38,7 +40,10 @@ impl Cgroup {
             container_name: id.to_string(),
         })
         .map_err(|e| cgroup_err("manager", e))?;
-        Ok(Self { manager })
+        Ok(Self {
+            manager,
+            cgroups_path: PathBuf::from(cgroups_path),
+        })
     }
 
     /// Pids of every process in the cgroup.
@@ -84,6 +89,29 @@ impl Cgroup {
                 freezer_state: None,
             })
             .map_err(|e| cgroup_err("limits", e))
+    }
+
+    /// How many processes the OOM killer has killed in the cgroup (`oom_kill` of cgroup v2's
+    /// memory.events, or of v1's memory.oom_control); `None` when neither can be read.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let rel = self
+            .cgroups_path
+            .strip_prefix("/")
+            .unwrap_or(&self.cgroups_path);
+        let unified = detect_root()?;
+        let files = [
+            unified.join(rel).join("memory.events"),
+            PathBuf::from("/sys/fs/cgroup/memory")
+                .join(rel)
+                .join("memory.oom_control"),
+        ];
+        files.iter().find_map(|file| {
+            let text = std::fs::read_to_string(file).ok()?;
+            text.lines().find_map(|line| {
+                let value = line.strip_prefix("oom_kill ")?;
+                value.trim().parse().ok()
+            })
+        })
     }
 
     /// Removes the cgroup (after its processes are gone), when libcontainer could not.

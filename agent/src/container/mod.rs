@@ -16,6 +16,7 @@ mod stdio;
 mod storage;
 mod sys;
 mod verity;
+mod volumes;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -195,7 +196,13 @@ pub struct ContainerManager {
     reaper: Arc<Reaper>,
     runtime: runtime::Runtime,
     containers: tokio::sync::Mutex<HashMap<String, Arc<Container>>>,
+    /// Ids of containers whose processes the OOM killer hit, for GetOOMEvent.
+    oom_tx: tokio::sync::mpsc::UnboundedSender<String>,
+    oom_rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
 }
+
+/// How often each container's OOM kill counter is read.
+const OOM_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Terminal size of a process (rows, columns); 24x80 when the spec gives none.
 fn console_size(p: &crate::protocols::oci::Process) -> (u16, u16) {
@@ -210,11 +217,14 @@ impl ContainerManager {
     /// A manager with no containers. `reaper` must be running.
     pub fn new(config: RuntimeConfig, reaper: Arc<Reaper>) -> Self {
         let runtime = runtime::Runtime::new(config.state_dir.join("libcontainer"));
+        let (oom_tx, oom_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             config,
             reaper,
             runtime,
             containers: tokio::sync::Mutex::new(HashMap::new()),
+            oom_tx,
+            oom_rx: tokio::sync::Mutex::new(oom_rx),
         }
     }
 
@@ -330,9 +340,17 @@ impl ContainerManager {
         // libcontainer's own checks of the spec, before anything is mounted.
         bundle::to_spec(config.clone())?;
         let bundle_dir = dir.join("bundle");
+        let (volumes, layers): (Vec<_>, Vec<_>) = req
+            .storages
+            .iter()
+            .cloned()
+            .partition(|s| volumes::VOLUME_DRIVERS.contains(&s.driver.as_str()));
+        for volume in &volumes {
+            volumes::prepare_volume(volume, &shared, &ephemeral)?;
+        }
         let mut rootfs = storage::RootFs::mount(
             &rootfs_dir,
-            &req.storages,
+            &layers,
             &format!("veil-{id}"),
             allow_unverified,
         )?;
@@ -379,9 +397,70 @@ impl ContainerManager {
                 Arc::new(init),
             )])),
         };
-        containers.insert(id.to_string(), Arc::new(container));
+        let container = Arc::new(container);
+        self.watch_oom(&container);
+        containers.insert(id.to_string(), container);
         tracing::info!(container = id, "container created");
         Ok(())
+    }
+
+    /// Reports each new OOM kill in the container's cgroup to GetOOMEvent, until the
+    /// container is removed.
+    fn watch_oom(&self, container: &Arc<Container>) {
+        let weak = Arc::downgrade(container);
+        let tx = self.oom_tx.clone();
+        tokio::spawn(async move {
+            let mut seen = None;
+            loop {
+                tokio::time::sleep(OOM_POLL).await;
+                let Some(c) = weak.upgrade() else { break };
+                let kills = c.cgroup.oom_kills();
+                if let (Some(before), Some(now)) = (seen, kills) {
+                    if now > before {
+                        tracing::info!(container = %c.id, "OOM kill in container");
+                        let _ = tx.send(c.id.clone());
+                    }
+                }
+                seen = kills.or(seen);
+            }
+        });
+    }
+
+    /// GetOOMEvent: waits for the next container whose process the OOM killer killed.
+    pub async fn next_oom(&self) -> String {
+        let mut rx = self.oom_rx.lock().await;
+        // The sender lives in `self`, so the channel never closes while this runs.
+        rx.recv().await.unwrap_or_default()
+    }
+
+    /// CopyFile.
+    pub fn copy_file(&self, req: &agent::CopyFileRequest) -> Result<(), ContainerError> {
+        volumes::copy_file(&self.shared_dir(), req)
+    }
+
+    /// ListProcesses: the container's pids, as a table (`PID` header, one per line) or, with
+    /// format `json`, a JSON array.
+    pub async fn list_processes(&self, id: &str, format: &str) -> Result<Vec<u8>, ContainerError> {
+        let mut pids = self.get(id).await?.cgroup.pids();
+        pids.sort_unstable();
+        match format {
+            "json" => Ok(serde_json::to_vec(&pids).unwrap_or_default()),
+            "" | "table" => {
+                let mut out = String::from("PID\n");
+                for pid in pids {
+                    out.push_str(&format!("{pid}\n"));
+                }
+                Ok(out.into_bytes())
+            }
+            other => Err(ContainerError::InvalidSpec(format!(
+                "ListProcesses format {other:?} (json or table)"
+            ))),
+        }
+    }
+
+    /// How many containers exist (GetMetrics).
+    pub async fn count(&self) -> usize {
+        self.containers.lock().await.len()
     }
 
     async fn create_init(
@@ -608,6 +687,8 @@ impl ContainerManager {
             self.teardown(&c).await?;
             containers.remove(&c.id);
         }
+        volumes::remove_ephemeral(&self.ephemeral_dir());
+        let _ = std::fs::remove_dir_all(self.shared_dir());
         Ok(())
     }
 
