@@ -148,6 +148,15 @@ impl Inner {
             }
             watched.destroy().await;
         });
+        // The agent's OOM notices become containerd's TaskOOM events until the agent goes.
+        let (agent, events) = (sandbox.agent().agent.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let request = agent::GetOOMEventRequest::new();
+            while let Ok(event) = agent.get_oom_event(ctx(), &request).await {
+                tracing::info!(container = %event.container_id, "OOM kill in the sandbox");
+                events.oom(&event.container_id).await;
+            }
+        });
         pod.sandbox = Some(sandbox.clone());
         pod.sandbox_id = id.to_string();
         Ok(sandbox)
