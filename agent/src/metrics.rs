@@ -1,4 +1,5 @@
-//! GetMetrics (Prometheus text format, as Kata's agent answers it) and SetGuestDateTime.
+//! GetMetrics (Prometheus text format, as Kata's agent answers it), and the guest-wide
+//! settings the host asks for: SetGuestDateTime and the pod's hostname.
 
 /// The agent's metrics: its memory (VmRSS) and how many containers it runs.
 pub fn render(containers: usize) -> String {
@@ -35,6 +36,26 @@ pub fn set_clock(sec: i64, usec: i64) -> std::io::Result<()> {
     };
     // SAFETY: clock_settime reads a valid timespec.
     if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the guest's hostname (CreateSandbox): at most 64 bytes of letters, digits, `-`, `.`.
+pub fn set_hostname(name: &str) -> std::io::Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !valid {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a valid hostname"),
+        ));
+    }
+    // SAFETY: sethostname reads `name.len()` bytes from a valid pointer.
+    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } == -1 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

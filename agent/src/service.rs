@@ -396,6 +396,12 @@ impl agent_ttrpc::AgentService for Agent {
             req,
             self.containers.create_sandbox(&req)
         )?;
+        // The pod's hostname is the guest's (containers without a UTS namespace of their own
+        // see it); on a host the agent leaves the host's alone.
+        if self.init_daemon && !req.hostname.is_empty() {
+            crate::metrics::set_hostname(&req.hostname)
+                .map_err(|e| status(Code::INVALID_ARGUMENT, format!("hostname: {e}")))?;
+        }
         Ok(Empty::new())
     }
 

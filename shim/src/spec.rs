@@ -65,7 +65,13 @@ pub fn container(spec: &rt::Spec, root_path: &str, bundle: &Path) -> Result<oci:
     out.Mounts = spec.mounts().iter().flatten().filter_map(mount).collect();
     out.Annotations = annotations(spec);
     if let Some(linux) = spec.linux() {
-        out.Linux = protobuf::MessageField::some(self::linux(linux));
+        let linux = self::linux(linux);
+        if !linux.Namespaces.is_empty() && !linux.Namespaces.iter().any(|n| n.Type == "uts") {
+            // The container shares the pod's UTS namespace, the guest's: its hostname is the
+            // one CreateSandbox set.
+            out.Hostname.clear();
+        }
+        out.Linux = protobuf::MessageField::some(linux);
     }
     if spec.hooks().is_some() {
         // Hooks name host programs; the agent runs hooks inside the guest, where they are not.
@@ -114,7 +120,9 @@ fn seccomp(v: &serde_json::Value) -> oci::LinuxSeccomp {
     let mut out = oci::LinuxSeccomp::new();
     out.DefaultAction = text(&v["defaultAction"]);
     if v.get("defaultErrnoRet").is_some_and(|e| !e.is_null()) {
-        tracing::info!("seccomp defaultErrnoRet not carried by the agent API; the default errno applies");
+        tracing::info!(
+            "seccomp defaultErrnoRet not carried by the agent API; the default errno applies"
+        );
     }
     let list = |v: &serde_json::Value| -> Vec<String> {
         v.as_array().into_iter().flatten().map(text).collect()
@@ -228,7 +236,8 @@ pub fn process(p: &rt::Process) -> oci::Process {
         })
         .collect();
     out.NoNewPrivileges = p.no_new_privileges().unwrap_or(false);
-    out.OOMScoreAdj = p.oom_score_adj().unwrap_or(0) as i64;
+    // oom_score_adj is not passed: CRI's negative values (pause -998, Guaranteed -997) need
+    // CAP_SYS_RESOURCE, which a process sandbox's agent may lack; the agent honours it when sent.
     if p.apparmor_profile().is_some() || p.selinux_label().is_some() {
         // Host LSM labels name host policy; the guest kernel has neither LSM.
         tracing::info!("AppArmor/SELinux labels not passed to the sandbox");

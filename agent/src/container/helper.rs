@@ -22,6 +22,15 @@ pub const HELPER_ARG: &str = "__libcontainer";
 
 /// Runs one operation; returns the process exit status.
 pub fn main(args: &[String]) -> i32 {
+    // libcontainer says what failed through tracing: its error lines become part of the
+    // agent's error message (stderr).
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .without_time()
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
     match run(args) {
         Ok(Some(pid)) => {
             println!("{pid}");
