@@ -20,3 +20,4 @@ pub mod service;
 pub mod spec;
 pub mod state;
 pub mod stats;
+pub mod volumes;

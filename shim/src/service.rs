@@ -30,6 +30,7 @@ use crate::rootfs::{ImageCache, Layers, SnapshotMount};
 use crate::sandbox::{self, ctx, Sandbox, SandboxSpec};
 use crate::spec;
 use crate::state::{agent_exec_id, Container, Phase, Proc, SANDBOX_DIED_STATUS};
+use crate::volumes;
 
 /// ttrpc status errors, as containerd maps them (NotFound, AlreadyExists, ...).
 fn status(code: ttrpc::Code, msg: impl ToString) -> ttrpc::Error {
@@ -210,6 +211,14 @@ impl Inner {
         create.storages = vec![storage];
         let mut agent_spec = spec::container(oci_spec, &root_path, &bundle)
             .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e))?;
+        // Bind mounts: copied in (and kept updated), or guest tmpfs volumes of the pod.
+        let guest = volumes::plan(&req.id, oci_spec.mounts().as_deref().unwrap_or_default());
+        if let Err(e) = volumes::copy_in(&sandbox.agent(), &guest.copies).await {
+            sandbox.detach(&req.id).await;
+            return Err(status(ttrpc::Code::INTERNAL, e.to_string()));
+        }
+        agent_spec.Mounts.extend(guest.mounts);
+        create.storages.extend(guest.storages);
         if let Some(p) = agent_spec.Process.as_mut() {
             p.Terminal = req.terminal;
         }

@@ -2,8 +2,8 @@
 //! into the agent's subset (Kata's `oci.proto`).
 //!
 //! What the agent cannot do in a sandbox is dropped here with a log line rather than failing
-//! the pod: bind mounts (the sandbox shares no host file system; CRI adds /etc/hosts and
-//! friends this way) and cgroup mounts (the agent manages cgroups itself).
+//! the pod: cgroup mounts (libcontainer manages cgroups), host hooks, host LSM labels. Bind
+//! mounts are carried by `volumes` (the sandbox shares no host file system).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -253,7 +253,11 @@ fn mount(m: &rt::Mount) -> Option<oci::Mount> {
         .iter()
         .flatten()
         .any(|o| o == "bind" || o == "rbind");
-    if bind || !PASSED_MOUNT_TYPES.contains(&kind.as_str()) {
+    if bind {
+        // Carried by `volumes` (copies and guest tmpfs volumes).
+        return None;
+    }
+    if !PASSED_MOUNT_TYPES.contains(&kind.as_str()) {
         tracing::info!(
             destination = %m.destination().display(),
             kind = %kind,
