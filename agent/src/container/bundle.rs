@@ -501,3 +501,106 @@ pub fn to_spec(config: Value) -> Result<oci_spec::runtime::Spec, ContainerError>
 pub fn decode_spec(bytes: &[u8]) -> Result<oci::Spec, ContainerError> {
     oci::Spec::parse_from_bytes(bytes).map_err(|e| invalid(format!("decoding: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths() -> BundlePaths<'static> {
+        BundlePaths {
+            rootfs: Path::new("/run/a/rootfs"),
+            cgroups_path: "/veil/a",
+            shared_dir: Path::new("/run/a/shared"),
+            ephemeral_dir: Path::new("/run/a/eph"),
+        }
+    }
+
+    fn spec() -> oci::Spec {
+        let mut p = oci::Process::new();
+        p.Args = vec!["/bin/sh".into()];
+        let mut s = oci::Spec::new();
+        s.Process = protobuf::MessageField::some(p);
+        s
+    }
+
+    #[test]
+    fn a_plain_spec_becomes_a_libcontainer_spec_with_the_default_namespaces() {
+        let json = config_json(&spec(), &paths()).unwrap();
+        let parsed = to_spec(json).unwrap();
+        let kinds: Vec<String> = parsed
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .iter()
+            .flatten()
+            .map(|n| format!("{:?}", n.typ()))
+            .collect();
+        assert_eq!(kinds.len(), 4, "{kinds:?}");
+    }
+
+    #[test]
+    fn lsm_labels_namespace_paths_and_foreign_binds_are_refused_by_name() {
+        let mut s = spec();
+        s.Process.as_mut().unwrap().ApparmorProfile = "p".into();
+        let err = config_json(&s, &paths()).unwrap_err().to_string();
+        assert!(err.contains("ApparmorProfile"), "{err}");
+
+        let mut s = spec();
+        s.Process.as_mut().unwrap().SelinuxLabel = "l".into();
+        assert!(config_json(&s, &paths())
+            .unwrap_err()
+            .to_string()
+            .contains("SelinuxLabel"));
+
+        let mut s = spec();
+        let mut ns = oci::LinuxNamespace::new();
+        ns.Type = "mount".into();
+        ns.Path = "/proc/1/ns/mnt".into();
+        s.Linux.mut_or_insert_default().Namespaces = vec![ns];
+        assert!(config_json(&s, &paths())
+            .unwrap_err()
+            .to_string()
+            .contains("/proc/1/ns/mnt"));
+
+        let mut s = spec();
+        let mut m = oci::Mount::new();
+        m.destination = "/x".into();
+        m.type_ = "bind".into();
+        m.source = "/etc".into();
+        s.Mounts = vec![m];
+        assert!(config_json(&s, &paths())
+            .unwrap_err()
+            .to_string()
+            .contains("bind mount source"));
+    }
+
+    #[test]
+    fn kata_fields_outside_the_subset_are_refused_by_name() {
+        // LinuxResources field 5 (BlockIO), an empty message.
+        let r = oci::LinuxResources::parse_from_bytes(&[0x2a, 0x00]).unwrap();
+        let err = resources_json(&r).unwrap_err().to_string();
+        assert!(err.contains("LinuxResources.BlockIO"), "{err}");
+        // Linux field 13 (IntelRdt).
+        let mut s = spec();
+        s.Linux =
+            protobuf::MessageField::some(oci::Linux::parse_from_bytes(&[0x6a, 0x00]).unwrap());
+        let err = config_json(&s, &paths()).unwrap_err().to_string();
+        assert!(err.contains("Linux.IntelRdt"), "{err}");
+    }
+
+    #[test]
+    fn bind_sources_map_onto_the_agents_directories() {
+        let p = paths();
+        assert_eq!(
+            bind_source(&format!("{SHARED_PREFIX}pod/cm"), &p).unwrap(),
+            Path::new("/run/a/shared/pod/cm")
+        );
+        assert_eq!(
+            bind_source(&format!("{EPHEMERAL_PREFIX}cache"), &p).unwrap(),
+            Path::new("/run/a/eph/cache")
+        );
+        assert!(bind_source(&format!("{SHARED_PREFIX}../x"), &p).is_err());
+        assert!(bind_source(SHARED_PREFIX, &p).is_err());
+    }
+}

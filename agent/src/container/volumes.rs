@@ -4,8 +4,7 @@
 //! `emptyDir` volumes as storages of a container (`ephemeral`: a guest tmpfs; `local`: a
 //! directory), both sandbox-wide so every container of the pod sees the same one.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::bundle::{EPHEMERAL_PREFIX, SHARED_PREFIX};
@@ -140,7 +139,7 @@ pub fn copy_file(shared_dir: &Path, req: &CopyFileRequest) -> Result<(), Contain
             )))
         }
     }
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(req.offset == 0)
@@ -158,7 +157,7 @@ pub fn copy_file(shared_dir: &Path, req: &CopyFileRequest) -> Result<(), Contain
             req.path, req.offset
         )));
     }
-    file.write_all(&req.data)
+    file.write_all_at(&req.data, req.offset as u64)
         .map_err(|e| ContainerError::io("writing", &tmp, e))?;
     if req.offset + req.data.len() as i64 == req.file_size {
         let mode = if req.file_mode & 0o7777 == 0 {
