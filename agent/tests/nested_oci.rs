@@ -56,7 +56,7 @@ fn three_layers(dir: &Path) -> [PathBuf; 3] {
     let whiteout = std::ffi::CString::new(top.join("gone").to_str().unwrap()).unwrap();
     // SAFETY: mknod with a valid path; the test runs as root.
     assert_eq!(
-        unsafe { libc::mknod(whiteout.as_ptr(), libc::S_IFCHR | 0o000, 0) },
+        unsafe { libc::mknod(whiteout.as_ptr(), libc::S_IFCHR, 0) },
         0,
         "mknod whiteout: {}",
         std::io::Error::last_os_error()

@@ -213,7 +213,7 @@ impl Inner {
             .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e))?;
         // Bind mounts: copied in (and kept updated), or guest tmpfs volumes of the pod.
         let guest = volumes::plan(&req.id, oci_spec.mounts().as_deref().unwrap_or_default());
-        if let Err(e) = volumes::copy_in(&sandbox.agent(), &guest.copies).await {
+        if let Err(e) = volumes::copy_in(sandbox.agent(), &guest.copies).await {
             sandbox.detach(&req.id).await;
             return Err(status(ttrpc::Code::INTERNAL, e.to_string()));
         }

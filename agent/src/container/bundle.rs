@@ -64,7 +64,7 @@ fn refuse_unknown(
     msg: &dyn protobuf::MessageDyn,
     names: &[(u32, &str)],
 ) -> Result<(), ContainerError> {
-    for (number, _) in msg.special_fields_dyn().unknown_fields() {
+    if let Some((number, _)) = msg.special_fields_dyn().unknown_fields().iter().next() {
         let name = names
             .iter()
             .find(|(n, _)| *n == number)
