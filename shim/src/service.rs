@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use containerd_shim_protos::api::{CloseIORequest, Empty};
+use containerd_shim_protos::api::{CloseIORequest, Empty, UpdateTaskRequest};
 use containerd_shim_protos::api::{
     ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
     DeleteResponse, ExecProcessRequest, KillRequest, PidsRequest, PidsResponse, ResizePtyRequest,
@@ -671,6 +671,32 @@ impl Task for TaskService {
             // released so the process sees end of file.
             crate::io::release_fifo_reader(&proc.stdio.stdin);
         }
+        Ok(Empty::new())
+    }
+
+    /// New cgroup limits for a running container (`ctr task update`, CRI's
+    /// UpdateContainerResources): the runtime spec's LinuxResources JSON, to UpdateContainer.
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        let sandbox = self.inner.pod.lock().await.sandbox.clone();
+        let sandbox = sandbox.ok_or_else(|| not_found("sandbox"))?;
+        let json: serde_json::Value = match req.resources.as_ref() {
+            Some(any) => serde_json::from_slice(&any.value).map_err(|e| {
+                status(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    format!("UpdateTask resources are not LinuxResources JSON: {e}"),
+                )
+            })?,
+            None => return Ok(Empty::new()),
+        };
+        let mut r = agent::UpdateContainerRequest::new();
+        r.container_id = req.id.clone();
+        r.resources = protobuf::MessageField::some(spec::resources(&json));
+        sandbox
+            .agent()
+            .agent
+            .update_container(ctx(), &r)
+            .await
+            .map_err(|e| agent_err("UpdateContainer", e))?;
         Ok(Empty::new())
     }
 
