@@ -117,12 +117,15 @@ echo "build-initramfs: building static veil-agent (release, $TARGET, $rustc_vers
 (
     cd "$repo_root"
     unset CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS
-    RUSTFLAGS="$rustflags" cargo build --release --locked \
+    # libcontainer's seccomp: link Debian's libseccomp.a (libseccomp-dev), not the .so.
+    LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+        RUSTFLAGS="$rustflags" cargo build --release --locked \
         -p veil-agent --bin veil-agent --target "$TARGET" >&2
 )
 agent=$target_dir/$TARGET/release/veil-agent
 [[ -x $agent ]] || die "cargo did not produce $agent"
-if readelf -l "$agent" | grep -q 'Requesting program interpreter'; then
+if readelf -l "$agent" | grep -q 'Requesting program interpreter' ||
+    readelf -d "$agent" | grep -q '(NEEDED)'; then
     die "$agent is dynamically linked; the initramfs has no shared libraries"
 fi
 
