@@ -19,7 +19,7 @@
 # whether the agent needs rebuilding; with a matching KEY the archive is not rebuilt.
 set -euo pipefail
 
-readonly PACKAGES="cpio gzip binutils"
+readonly PACKAGES="cpio gzip binutils libseccomp-dev"
 readonly TARGET=x86_64-unknown-linux-gnu
 # The toolchain the published images are built with (rustc --version).
 readonly RUST_VERSION=1.95.0
@@ -76,6 +76,10 @@ pack() {
 for tool in cargo cpio gzip readelf sha256sum; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found; run: apt-get install $PACKAGES"
 done
+
+# libcontainer's seccomp support links libseccomp statically into the agent.
+[[ -f /usr/lib/x86_64-linux-gnu/libseccomp.a ]] ||
+    die "/usr/lib/x86_64-linux-gnu/libseccomp.a not found; run: apt-get install $PACKAGES"
 
 force=0
 while (($#)); do
