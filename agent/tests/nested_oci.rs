@@ -170,7 +170,7 @@ async fn scenario() {
             "sh",
             "-c",
             "mkdir /tmp/d; echo mkdir=$?; wc -c < /proc/version; \
-             touch /bin/new; echo touch=$?; cat /proc/sys/kernel/shmmax; cat /hook-ran",
+             touch /etc/new; echo touch=$?; cat /proc/sys/kernel/shmmax; cat /hook-ran",
         ],
     );
     {
@@ -178,7 +178,7 @@ async fn scenario() {
         let linux = spec.Linux.mut_or_insert_default();
         linux.Seccomp = protobuf::MessageField::some(deny_mkdir());
         linux.MaskedPaths = vec!["/proc/version".into()];
-        linux.ReadonlyPaths = vec!["/bin".into()];
+        linux.ReadonlyPaths = vec!["/etc".into()];
         linux
             .Sysctl
             .insert("kernel.shmmax".into(), "123456789".into());
