@@ -19,7 +19,7 @@
 # whether the agent needs rebuilding; with a matching KEY the archive is not rebuilt.
 set -euo pipefail
 
-readonly PACKAGES="cpio gzip binutils"
+readonly PACKAGES="cpio gzip binutils libseccomp-dev"
 readonly TARGET=x86_64-unknown-linux-gnu
 # The toolchain the published images are built with (rustc --version).
 readonly RUST_VERSION=1.95.0
@@ -77,6 +77,10 @@ for tool in cargo cpio gzip readelf sha256sum; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found; run: apt-get install $PACKAGES"
 done
 
+# libcontainer's seccomp support links libseccomp statically into the agent.
+[[ -f /usr/lib/x86_64-linux-gnu/libseccomp.a ]] ||
+    die "/usr/lib/x86_64-linux-gnu/libseccomp.a not found; run: apt-get install $PACKAGES"
+
 force=0
 while (($#)); do
     case $1 in
@@ -117,12 +121,15 @@ echo "build-initramfs: building static veil-agent (release, $TARGET, $rustc_vers
 (
     cd "$repo_root"
     unset CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS
-    RUSTFLAGS="$rustflags" cargo build --release --locked \
+    # libcontainer's seccomp: link Debian's libseccomp.a (libseccomp-dev), not the .so.
+    LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+        RUSTFLAGS="$rustflags" cargo build --release --locked \
         -p veil-agent --bin veil-agent --target "$TARGET" >&2
 )
 agent=$target_dir/$TARGET/release/veil-agent
 [[ -x $agent ]] || die "cargo did not produce $agent"
-if readelf -l "$agent" | grep -q 'Requesting program interpreter'; then
+if readelf -l "$agent" | grep -q 'Requesting program interpreter' ||
+    readelf -d "$agent" | grep -q '(NEEDED)'; then
     die "$agent is dynamically linked; the initramfs has no shared libraries"
 fi
 

@@ -10,8 +10,10 @@
 pub mod attestation;
 pub mod client;
 pub mod container;
+pub mod hex;
 pub mod init;
 pub mod logging;
+pub mod metrics;
 pub mod network;
 pub mod policy;
 pub mod protocols;

@@ -71,15 +71,7 @@ enum StartError {
 }
 
 fn parse_host_data(hex: &str) -> Result<[u8; 32], StartError> {
-    let bad = || StartError::BadHostData(hex.to_string());
-    if hex.len() != 64 {
-        return Err(bad());
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
+    veil_agent::hex::decode::<32>(hex).ok_or_else(|| StartError::BadHostData(hex.to_string()))
 }
 
 fn attestation_source(cli: &Cli) -> Result<Box<dyn AttestationSource>, StartError> {
@@ -123,6 +115,14 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     let init = veil_agent::init::is_init();
     if init {
         veil_agent::init::mount_kernel_filesystems()?;
+    }
+    if !init {
+        // Container processes libcontainer forks are re-parented to the agent, which must
+        // reap them and report their exit; on a host it is not PID 1, so it asks to be.
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == -1 {
+            return Err(StartError::Signal(std::io::Error::last_os_error()));
+        }
     }
     let reaper = Reaper::start().map_err(StartError::Signal)?;
     let gate = Arc::new(PolicyGate::new(attestation_source(&cli)?));
@@ -185,6 +185,11 @@ async fn run(cli: Cli) -> Result<(), StartError> {
 }
 
 fn main() {
+    // libcontainer's calls run in a short-lived child of the agent (see container::helper).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(veil_agent::container::helper::HELPER_ARG) {
+        std::process::exit(veil_agent::container::helper::main(&args[2..]));
+    }
     let cli = Cli::parse();
     veil_agent::logging::init(cli.attestation == "insecure");
     // Before the runtime starts its threads: chroot and mount moves are per process, and

@@ -116,7 +116,9 @@ impl agent_ttrpc::AgentService for Agent {
             self,
             "CreateContainerRequest",
             req,
-            self.containers.create(&req).await
+            self.containers
+                .create(&req, self.gate.allows("AllowUnverifiedLayers", &req))
+                .await
         )?;
         Ok(Empty::new())
     }
@@ -208,6 +210,121 @@ impl agent_ttrpc::AgentService for Agent {
         )
     }
 
+    async fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let resources = req.resources.clone().unwrap_or_default();
+        handle!(
+            self,
+            "UpdateContainerRequest",
+            req,
+            self.containers.update(&req.container_id, &resources).await
+        )?;
+        Ok(Empty::new())
+    }
+
+    async fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ListProcessesRequest,
+    ) -> ttrpc::Result<agent::ListProcessesResponse> {
+        let list = handle!(
+            self,
+            "ListProcessesRequest",
+            req,
+            self.containers
+                .list_processes(&req.container_id, &req.format)
+                .await
+        )?;
+        let mut resp = agent::ListProcessesResponse::new();
+        resp.process_list = list;
+        Ok(resp)
+    }
+
+    async fn copy_file(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::CopyFileRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle!(
+            self,
+            "CopyFileRequest",
+            req,
+            self.containers.copy_file(&req)
+        )?;
+        Ok(Empty::new())
+    }
+
+    async fn get_oom_event(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::GetOOMEventRequest,
+    ) -> ttrpc::Result<agent::OOMEvent> {
+        self.authorize("GetOOMEventRequest", &req)?;
+        let mut event = agent::OOMEvent::new();
+        event.container_id = self.containers.next_oom().await;
+        Ok(event)
+    }
+
+    async fn get_metrics(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::GetMetricsRequest,
+    ) -> ttrpc::Result<agent::Metrics> {
+        self.authorize("GetMetricsRequest", &req)?;
+        let mut metrics = agent::Metrics::new();
+        metrics.metrics = crate::metrics::render(self.containers.count().await);
+        Ok(metrics)
+    }
+
+    async fn set_guest_date_time(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::SetGuestDateTimeRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.authorize("SetGuestDateTimeRequest", &req)?;
+        if !self.init_daemon {
+            // On a host the clock is the host's, not the sandbox's.
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                "SetGuestDateTime: the agent is not PID 1 of a guest; the host clock is left alone",
+            ));
+        }
+        crate::metrics::set_clock(req.Sec, req.Usec)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("SetGuestDateTime: {e}")))?;
+        Ok(Empty::new())
+    }
+
+    async fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::PauseContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle!(
+            self,
+            "PauseContainerRequest",
+            req,
+            self.containers.freeze(&req.container_id, true).await
+        )?;
+        Ok(Empty::new())
+    }
+
+    async fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ResumeContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle!(
+            self,
+            "ResumeContainerRequest",
+            req,
+            self.containers.freeze(&req.container_id, false).await
+        )?;
+        Ok(Empty::new())
+    }
+
     async fn write_stdin(
         &self,
         _ctx: &TtrpcContext,
@@ -290,6 +407,12 @@ impl agent_ttrpc::AgentService for Agent {
             .init_daemon
             .then_some(std::path::Path::new(network::GUEST_RESOLV_CONF));
         network::write_resolv_conf(resolv_conf, &req.dns).map_err(network_status)?;
+        // The pod's hostname is the guest's (containers without a UTS namespace of their own
+        // see it); on a host the agent leaves the host's alone.
+        if self.init_daemon && !req.hostname.is_empty() {
+            crate::metrics::set_hostname(&req.hostname)
+                .map_err(|e| status(Code::INVALID_ARGUMENT, format!("hostname: {e}")))?;
+        }
         Ok(Empty::new())
     }
 

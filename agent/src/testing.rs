@@ -66,3 +66,35 @@ pub fn read_req(id: &str, exec_id: &str) -> agent::ReadStreamRequest {
     r.len = 4096;
     r
 }
+
+/// A whole file for CopyFile at `path` (below Kata's shared-containers directory).
+pub fn copy_file_request(path: &str, data: &[u8]) -> agent::CopyFileRequest {
+    let mut r = agent::CopyFileRequest::new();
+    r.path = path.into();
+    r.data = data.to_vec();
+    r.file_size = data.len() as i64;
+    r.file_mode = 0o100644;
+    r.dir_mode = 0o755;
+    r
+}
+
+/// A bind mount of `source` (an agent-managed path) at `destination`.
+pub fn bind_mount(source: &str, destination: &str, read_only: bool) -> oci::Mount {
+    let mut m = oci::Mount::new();
+    m.type_ = "bind".into();
+    m.source = source.into();
+    m.destination = destination.into();
+    m.options = vec!["rbind".into(), if read_only { "ro" } else { "rw" }.into()];
+    m
+}
+
+/// An `emptyDir` as a guest tmpfs shared by the pod: its storage and where it is mounted.
+pub fn ephemeral_volume(name: &str) -> (agent::Storage, String) {
+    let mount_point = format!("/run/kata-containers/sandbox/ephemeral/{name}");
+    let mut s = agent::Storage::new();
+    s.driver = "ephemeral".into();
+    s.source = "tmpfs".into();
+    s.fstype = "tmpfs".into();
+    s.mount_point = mount_point.clone();
+    (s, mount_point)
+}

@@ -244,7 +244,15 @@ async fn cgroup_limits_are_applied_or_refused_never_dropped() {
     let pids_controller = std::fs::read_to_string(root.join("cgroup.controllers"))
         .unwrap()
         .split_whitespace()
-        .any(|c| c == "pids");
+        .any(|c| c == "pids")
+        || cgroup_dir(id)
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("pids.max")
+            .exists()
+        || std::path::Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists();
     let result = client.agent.create_container(ctx(), &create).await;
     if pids_controller {
         result.unwrap();
@@ -391,4 +399,54 @@ async fn sigterm_removes_every_container_before_the_agent_exits() {
     assert!(!pid_alive(pid), "container process outlived the agent");
     assert!(mounts_under(&agent.state_dir).is_empty());
     assert!(!cgroup_dir(id).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_pause_and_resume_reach_the_cgroup() {
+    require_host!();
+    let image = BusyboxImage::new();
+    let (agent, client) = ready_agent().await;
+    let id = "pauseme";
+    let create = create_request(id, &image.device, &["sleep", "1000"]);
+    client.agent.create_container(ctx(), &create).await.unwrap();
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = id.into();
+    client.agent.start_container(ctx(), &start).await.unwrap();
+
+    let mut pids = veil_agent::protocols::oci::LinuxPids::new();
+    pids.Limit = 17;
+    let mut update = agent::UpdateContainerRequest::new();
+    update.container_id = id.into();
+    update.resources.mut_or_insert_default().Pids = protobuf::MessageField::some(pids);
+    client.agent.update_container(ctx(), &update).await.unwrap();
+    let max = std::fs::read_to_string(cgroup_dir(id).join("pids.max")).unwrap();
+    assert_eq!(max.trim(), "17");
+
+    let pid: i32 = std::fs::read_to_string(cgroup_dir(id).join("cgroup.procs"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let state = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Field 3, after the command in parentheses.
+        status.rsplit(") ").next().unwrap().chars().next().unwrap()
+    };
+    let mut pause = agent::PauseContainerRequest::new();
+    pause.container_id = id.into();
+    client.agent.pause_container(ctx(), &pause).await.unwrap();
+    let frozen = std::fs::read_to_string("/sys/fs/cgroup/freezer/veil/pauseme/freezer.state")
+        .or_else(|_| std::fs::read_to_string(cgroup_dir(id).join("cgroup.freeze")))
+        .unwrap();
+    assert!(matches!(frozen.trim(), "FROZEN" | "1"), "{frozen}");
+    let mut resume = agent::ResumeContainerRequest::new();
+    resume.container_id = id.into();
+    client.agent.resume_container(ctx(), &resume).await.unwrap();
+    assert_eq!(state(), 'S', "sleeping again after resume");
+
+    remove_container(&client, id).await;
+    assert!(!cgroup_dir(id).exists());
+    assert!(mounts_under(&agent.state_dir).is_empty());
 }

@@ -33,6 +33,22 @@ async fn layers_are_mounted_only_with_the_named_root_hash() {
     assert!(!agent.state_dir.join("badhash").exists());
     assert!(!cgroup_dir("badhash").exists());
 
+    // Root hashes that are not 64 ASCII hex digits (a 64-byte string with a two-byte
+    // character, odd lengths) are refused with a message; the agent (PID 1 in a guest) lives.
+    for bad in [
+        format!("é{}", &root_hash[2..]),
+        root_hash[1..].to_string(),
+        format!("{root_hash}0"),
+    ] {
+        let mut req = create_request("oddhash", &image.device, &["true"]);
+        req.storages[0].driver_options = verity_options(&bad);
+        let (code, msg) = status_of(client.agent.create_container(ctx(), &req).await);
+        assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{bad:?}: {msg}");
+        assert!(msg.contains("root hash must be 64 hex digits"), "{msg}");
+        assert!(agent.is_running());
+    }
+    assert!(!agent.state_dir.join("oddhash").exists());
+
     // The right root hash.
     let id = "goodhash";
     let mut req = create_request(id, &image.device, &["echo", "verified"]);

@@ -7,15 +7,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+#[path = "common/pod_vm.rs"]
+mod pod_vm;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use pod_vm::PodVm;
 use veil_agent::client::AgentClient;
 use veil_agent::protocols::agent;
 use veil_tests::nested::run_test_in_l1;
-use veil_tests::Capture;
-use veil_vmm::{BlockConfig, Console, KernelSource, Vm, VmConfig, VmOutcome, VsockConfig};
 
 /// Allows everything but exec'ing `id`: the request the test shows being denied.
 fn pod_policy() -> String {
@@ -24,116 +26,6 @@ fn pod_policy() -> String {
         "default ExecProcessRequest := false\n\
          ExecProcessRequest {\n    input.process.Args[0] != \"id\"\n}\n",
     )
-}
-
-/// A pod VM run by the library on its own thread.
-struct PodVm {
-    console: Capture,
-    uds: PathBuf,
-    disks: Vec<veil_vmm::DiskHandle>,
-    stop: veil_vmm::StopHandle,
-    run: Option<std::thread::JoinHandle<Result<VmOutcome, veil_vmm::VmError>>>,
-    spawned: Instant,
-}
-
-impl PodVm {
-    fn start(dir: &Path, host_data: &str) -> Self {
-        let kernel = veil_tests::guest_kernel("vmlinux");
-        let initrd = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/guest-initramfs/initramfs.cpio.gz");
-        assert!(
-            initrd.is_file(),
-            "{} is missing: run guest/build-initramfs.sh",
-            initrd.display()
-        );
-        let console = Capture::default();
-        let uds = dir.join("vsock.sock");
-        let spawned = Instant::now();
-        let mut config = VmConfig::new(KernelSource::Path(kernel));
-        config.initrd = Some(initrd);
-        config.cmdline = format!(
-            "console=ttyS0 reboot=k,panic_warm panic=-1 VEIL_ATTESTATION=insecure \
-             VEIL_INSECURE_HOST_DATA={host_data} RUST_LOG=info"
-        );
-        config.vcpus = 2;
-        config.mem_mib = 512;
-        config.console = Console::Writer(Box::new(console.clone()));
-        // The placeholder the container layers are swapped into after boot.
-        config.disks = vec![BlockConfig {
-            path: None,
-            read_only: true,
-            id: "layer0".into(),
-        }];
-        config.vsock = Some(VsockConfig {
-            guest_cid: 3,
-            uds_path: uds.clone(),
-        });
-        let vm = Vm::new(config).expect("create the pod VM");
-        let disks = vm.disks();
-        let stop = vm.stop_handle();
-        let run = std::thread::spawn(move || vm.run());
-        Self {
-            console,
-            uds,
-            disks,
-            stop,
-            run: Some(run),
-            spawned,
-        }
-    }
-
-    fn running(&self) -> bool {
-        self.run.as_ref().is_some_and(|r| !r.is_finished())
-    }
-
-    /// Connects once the agent answers (it refuses everything before a policy is set).
-    async fn connect(&self, limit: Duration) -> AgentClient {
-        while self.spawned.elapsed() < limit && self.running() {
-            if let Ok(client) = AgentClient::connect_hybrid_vsock(&self.uds, 1024).await {
-                let details = client
-                    .agent
-                    .get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
-                    .await;
-                if details.is_err() {
-                    return client;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        panic!(
-            "the agent never answered within {limit:?} (VM running: {}); console:\n{}",
-            self.running(),
-            self.console.text()
-        );
-    }
-
-    /// Waits (bounded) for the VM to end and returns how.
-    fn wait(&mut self, limit: Duration) -> VmOutcome {
-        let started = Instant::now();
-        while self.running() && started.elapsed() < limit {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(
-            !self.running(),
-            "the VM did not end within {limit:?}; console:\n{}",
-            self.console.text()
-        );
-        self.run
-            .take()
-            .unwrap()
-            .join()
-            .expect("VM thread")
-            .expect("VM run")
-    }
-}
-
-impl Drop for PodVm {
-    fn drop(&mut self) {
-        if let Some(run) = self.run.take() {
-            self.stop.stop();
-            let _ = run.join();
-        }
-    }
 }
 
 async fn start_container(client: &AgentClient, create: &agent::CreateContainerRequest) {

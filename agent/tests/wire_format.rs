@@ -95,3 +95,32 @@ fn network_requests_use_kata_field_numbers() {
     sandbox.dns.push("x".into());
     assert_eq!(sandbox.write_to_bytes().unwrap(), vec![0x12, 1, b'x']);
 }
+
+#[test]
+fn update_container_and_seccomp_use_kata_field_numbers() {
+    let mut pids = oci::LinuxPids::new();
+    pids.Limit = 3;
+    let mut resources = oci::LinuxResources::new();
+    resources.Pids = protobuf::MessageField::some(pids);
+    let mut req = agent::UpdateContainerRequest::new();
+    req.container_id = "c".into();
+    req.resources = protobuf::MessageField::some(resources);
+    // container_id field 1; resources field 2 (0x12) holding Pids field 4 (0x22) Limit 1 (0x08).
+    assert_eq!(
+        req.write_to_bytes().unwrap(),
+        vec![0x0a, 1, b'c', 0x12, 4, 0x22, 2, 0x08, 3]
+    );
+    let mut pause = agent::PauseContainerRequest::new();
+    pause.container_id = "c".into();
+    assert_eq!(pause.write_to_bytes().unwrap(), vec![0x0a, 1, b'c']);
+
+    // Linux.Seccomp is field 8 (0x42); LinuxSeccomp.DefaultAction field 1.
+    let mut seccomp = oci::LinuxSeccomp::new();
+    seccomp.DefaultAction = "A".into();
+    let mut linux = oci::Linux::new();
+    linux.Seccomp = protobuf::MessageField::some(seccomp);
+    assert_eq!(
+        linux.write_to_bytes().unwrap(),
+        vec![0x42, 3, 0x0a, 1, b'A']
+    );
+}

@@ -2,7 +2,7 @@
 
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskStart,
 };
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageDyn;
@@ -91,6 +91,17 @@ impl Events {
             ..Default::default()
         };
         self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev))
+            .await;
+    }
+
+    /// The OOM killer hit a process of container `id` (containerd's `/tasks/oom`; CRI
+    /// reports the container's exit reason as `OOMKilled`).
+    pub async fn oom(&self, id: &str) {
+        let ev = TaskOOM {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(ev))
             .await;
     }
 

@@ -21,3 +21,4 @@ pub mod service;
 pub mod spec;
 pub mod state;
 pub mod stats;
+pub mod volumes;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use containerd_shim_protos::api::{CloseIORequest, Empty};
+use containerd_shim_protos::api::{CloseIORequest, Empty, UpdateTaskRequest};
 use containerd_shim_protos::api::{
     ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
     DeleteResponse, ExecProcessRequest, KillRequest, PidsRequest, PidsResponse, ResizePtyRequest,
@@ -30,6 +30,7 @@ use crate::rootfs::{ImageCache, Layers, SnapshotMount};
 use crate::sandbox::{self, ctx, Sandbox, SandboxSpec};
 use crate::spec;
 use crate::state::{agent_exec_id, Container, Phase, Proc, SANDBOX_DIED_STATUS};
+use crate::volumes;
 
 /// ttrpc status errors, as containerd maps them (NotFound, AlreadyExists, ...).
 fn status(code: ttrpc::Code, msg: impl ToString) -> ttrpc::Error {
@@ -150,6 +151,15 @@ impl Inner {
             }
             watched.destroy().await;
         });
+        // The agent's OOM notices become containerd's TaskOOM events until the agent goes.
+        let (agent, events) = (sandbox.agent().agent.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let request = agent::GetOOMEventRequest::new();
+            while let Ok(event) = agent.get_oom_event(ctx(), &request).await {
+                tracing::info!(container = %event.container_id, "OOM kill in the sandbox");
+                events.oom(&event.container_id).await;
+            }
+        });
         pod.sandbox = Some(sandbox.clone());
         pod.sandbox_id = id.to_string();
         Ok(sandbox)
@@ -203,6 +213,14 @@ impl Inner {
         create.storages = vec![storage];
         let mut agent_spec = spec::container(oci_spec, &root_path, &bundle)
             .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e))?;
+        // Bind mounts: copied in (and kept updated), or guest tmpfs volumes of the pod.
+        let guest = volumes::plan(&req.id, oci_spec.mounts().as_deref().unwrap_or_default());
+        if let Err(e) = volumes::copy_in(sandbox.agent(), &guest.copies).await {
+            sandbox.detach(&req.id).await;
+            return Err(status(ttrpc::Code::INTERNAL, e.to_string()));
+        }
+        agent_spec.Mounts.extend(guest.mounts);
+        create.storages.extend(guest.storages);
         if let Some(p) = agent_spec.Process.as_mut() {
             p.Terminal = req.terminal;
         }
@@ -661,6 +679,32 @@ impl Task for TaskService {
             // released so the process sees end of file.
             crate::io::release_fifo_reader(&proc.stdio.stdin);
         }
+        Ok(Empty::new())
+    }
+
+    /// New cgroup limits for a running container (`ctr task update`, CRI's
+    /// UpdateContainerResources): the runtime spec's LinuxResources JSON, to UpdateContainer.
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        let sandbox = self.inner.pod.lock().await.sandbox.clone();
+        let sandbox = sandbox.ok_or_else(|| not_found("sandbox"))?;
+        let json: serde_json::Value = match req.resources.as_ref() {
+            Some(any) => serde_json::from_slice(&any.value).map_err(|e| {
+                status(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    format!("UpdateTask resources are not LinuxResources JSON: {e}"),
+                )
+            })?,
+            None => return Ok(Empty::new()),
+        };
+        let mut r = agent::UpdateContainerRequest::new();
+        r.container_id = req.id.clone();
+        r.resources = protobuf::MessageField::some(spec::resources(&json));
+        sandbox
+            .agent()
+            .agent
+            .update_container(ctx(), &r)
+            .await
+            .map_err(|e| agent_err("UpdateContainer", e))?;
         Ok(Empty::new())
     }
 

@@ -2,8 +2,8 @@
 //! into the agent's subset (Kata's `oci.proto`).
 //!
 //! What the agent cannot do in a sandbox is dropped here with a log line rather than failing
-//! the pod: bind mounts (the sandbox shares no host file system; CRI adds /etc/hosts and
-//! friends this way) and cgroup mounts (the agent manages cgroups itself).
+//! the pod: cgroup mounts (libcontainer manages cgroups), host hooks, host LSM labels. Bind
+//! mounts are carried by `volumes` (the sandbox shares no host file system).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -64,7 +64,129 @@ pub fn container(spec: &rt::Spec, root_path: &str, bundle: &Path) -> Result<oci:
     out.Hostname = spec.hostname().clone().unwrap_or_default();
     out.Mounts = spec.mounts().iter().flatten().filter_map(mount).collect();
     out.Annotations = annotations(spec);
+    if let Some(linux) = spec.linux() {
+        let linux = self::linux(linux);
+        if !linux.Namespaces.is_empty() && !linux.Namespaces.iter().any(|n| n.Type == "uts") {
+            // The container shares the pod's UTS namespace, the guest's: its hostname is the
+            // one CreateSandbox set.
+            out.Hostname.clear();
+        }
+        out.Linux = protobuf::MessageField::some(linux);
+    }
+    if spec.hooks().is_some() {
+        // Hooks name host programs; the agent runs hooks inside the guest, where they are not.
+        tracing::info!("OCI hooks not passed to the sandbox (host programs)");
+    }
     Ok(out)
+}
+
+/// The agent's form of the spec's Linux section: what the guest can honour, the namespaces
+/// it makes (never a host namespace path: the pod's containers share the guest's network),
+/// seccomp, masked and read-only paths, sysctls and cgroup limits.
+fn linux(l: &rt::Linux) -> oci::Linux {
+    let json = serde_json::to_value(l).unwrap_or_default();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
+    };
+    let mut out = oci::Linux::new();
+    for ns in l.namespaces().iter().flatten() {
+        let kind = wire_name(&ns.typ());
+        if kind == "network" {
+            // The guest's network namespace is the pod's.
+            continue;
+        }
+        let mut n = oci::LinuxNamespace::new();
+        n.Type = kind;
+        out.Namespaces.push(n);
+    }
+    out.MaskedPaths = strings(&json["maskedPaths"]);
+    out.ReadonlyPaths = strings(&json["readonlyPaths"]);
+    out.Sysctl = l.sysctl().clone().unwrap_or_default().into_iter().collect();
+    if let Some(seccomp) = json.get("seccomp").filter(|v| !v.is_null()) {
+        out.Seccomp = protobuf::MessageField::some(self::seccomp(seccomp));
+    }
+    if let Some(r) = json.get("resources").filter(|v| !v.is_null()) {
+        out.Resources = protobuf::MessageField::some(resources(r));
+    }
+    out
+}
+
+fn seccomp(v: &serde_json::Value) -> oci::LinuxSeccomp {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let mut out = oci::LinuxSeccomp::new();
+    out.DefaultAction = text(&v["defaultAction"]);
+    if v.get("defaultErrnoRet").is_some_and(|e| !e.is_null()) {
+        tracing::info!(
+            "seccomp defaultErrnoRet not carried by the agent API; the default errno applies"
+        );
+    }
+    let list = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().into_iter().flatten().map(text).collect()
+    };
+    out.Architectures = list(&v["architectures"]);
+    out.Flags = list(&v["flags"]);
+    for rule in v["syscalls"].as_array().into_iter().flatten() {
+        let mut sc = oci::LinuxSyscall::new();
+        sc.Names = list(&rule["names"]);
+        sc.Action = text(&rule["action"]);
+        if let Some(errno) = rule["errnoRet"].as_u64() {
+            sc.ErrnoRet = Some(oci::linux_syscall::ErrnoRet::Errnoret(errno as u32));
+        }
+        for arg in rule["args"].as_array().into_iter().flatten() {
+            let mut a = oci::LinuxSeccompArg::new();
+            a.Index = arg["index"].as_u64().unwrap_or_default();
+            a.Value = arg["value"].as_u64().unwrap_or_default();
+            a.ValueTwo = arg["valueTwo"].as_u64().unwrap_or_default();
+            a.Op = text(&arg["op"]);
+            sc.Args.push(a);
+        }
+        out.Syscalls.push(sc);
+    }
+    out
+}
+
+/// Cgroup limits (CRI's resources at create, and UpdateTask).
+pub fn resources(v: &serde_json::Value) -> oci::LinuxResources {
+    let int = |v: &serde_json::Value| v.as_i64().unwrap_or_default();
+    let uint = |v: &serde_json::Value| v.as_u64().unwrap_or_default();
+    let mut out = oci::LinuxResources::new();
+    for d in v["devices"].as_array().into_iter().flatten() {
+        let mut rule = oci::LinuxDeviceCgroup::new();
+        rule.Allow = d["allow"].as_bool().unwrap_or(false);
+        rule.Type = d["type"].as_str().unwrap_or_default().to_string();
+        rule.Major = d["major"].as_i64().unwrap_or(-1);
+        rule.Minor = d["minor"].as_i64().unwrap_or(-1);
+        rule.Access = d["access"].as_str().unwrap_or_default().to_string();
+        out.Devices.push(rule);
+    }
+    if let Some(m) = v.get("memory").filter(|m| m.is_object()) {
+        let mut mem = oci::LinuxMemory::new();
+        mem.Limit = int(&m["limit"]);
+        mem.Reservation = int(&m["reservation"]);
+        mem.Swap = int(&m["swap"]);
+        mem.Swappiness = uint(&m["swappiness"]);
+        mem.DisableOOMKiller = m["disableOOMKiller"].as_bool().unwrap_or(false);
+        out.Memory = protobuf::MessageField::some(mem);
+    }
+    if let Some(c) = v.get("cpu").filter(|c| c.is_object()) {
+        let mut cpu = oci::LinuxCPU::new();
+        cpu.Shares = uint(&c["shares"]);
+        cpu.Quota = int(&c["quota"]);
+        cpu.Period = uint(&c["period"]);
+        cpu.Cpus = c["cpus"].as_str().unwrap_or_default().to_string();
+        cpu.Mems = c["mems"].as_str().unwrap_or_default().to_string();
+        out.CPU = protobuf::MessageField::some(cpu);
+    }
+    if let Some(p) = v.get("pids").filter(|p| p.is_object()) {
+        let mut pids = oci::LinuxPids::new();
+        pids.Limit = int(&p["limit"]);
+        out.Pids = protobuf::MessageField::some(pids);
+    }
+    out
 }
 
 /// Parses the process JSON containerd sends with an exec request.
@@ -114,6 +236,12 @@ pub fn process(p: &rt::Process) -> oci::Process {
         })
         .collect();
     out.NoNewPrivileges = p.no_new_privileges().unwrap_or(false);
+    // oom_score_adj is not passed: CRI's negative values (pause -998, Guaranteed -997) need
+    // CAP_SYS_RESOURCE, which a process sandbox's agent may lack; the agent honours it when sent.
+    if p.apparmor_profile().is_some() || p.selinux_label().is_some() {
+        // Host LSM labels name host policy; the guest kernel has neither LSM.
+        tracing::info!("AppArmor/SELinux labels not passed to the sandbox");
+    }
     out
 }
 
@@ -125,7 +253,11 @@ fn mount(m: &rt::Mount) -> Option<oci::Mount> {
         .iter()
         .flatten()
         .any(|o| o == "bind" || o == "rbind");
-    if bind || !PASSED_MOUNT_TYPES.contains(&kind.as_str()) {
+    if bind {
+        // Carried by `volumes` (copies and guest tmpfs volumes).
+        return None;
+    }
+    if !PASSED_MOUNT_TYPES.contains(&kind.as_str()) {
         tracing::info!(
             destination = %m.destination().display(),
             kind = %kind,

@@ -20,10 +20,10 @@ fn build_binaries() {
 /// containerd whose shim makes VM sandboxes from the project's guest kernel and initramfs.
 fn containerd_with_vm_sandboxes() -> Containerd {
     let kernel = veil_tests::guest_kernel("vmlinux");
-    let initrd = kernel
-        .parent()
-        .unwrap()
-        .join("../guest-initramfs/initramfs.cpio.gz");
+    // This checkout's initramfs (its agent), also when target/guest-kernel is a link to
+    // another checkout's kernel.
+    let initrd = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guest-initramfs/initramfs.cpio.gz");
     assert!(
         initrd.is_file(),
         "{} is missing: run guest/build-initramfs.sh",

@@ -1,12 +1,15 @@
-//! cgroup v2 for one container: `<root>/veil/<id>`, limits from the OCI resources, stats, kill.
+//! One container's cgroup, as libcontainer made it, through libcgroups (v2 in the guest; v1
+//! on hybrid development hosts): its processes, kill, freeze, limits, stats.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use libcgroups::common::{
+    create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt,
+    FreezerState,
+};
 
 use super::ContainerError;
-use crate::protocols::{agent, oci};
-
-/// Controllers the agent enables for containers when the hierarchy offers them.
-const CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
+use crate::protocols::agent;
 
 /// Finds the cgroup v2 mount: `/sys/fs/cgroup` in the guest, `/sys/fs/cgroup/unified` on hybrid
 /// hosts.
@@ -17,156 +20,142 @@ pub fn detect_root() -> Option<PathBuf> {
         .find(|p| p.join("cgroup.controllers").exists())
 }
 
-/// One container's cgroup directory.
-#[derive(Debug)]
+/// One container's cgroup.
 pub struct Cgroup {
-    path: PathBuf,
+    manager: AnyCgroupManager,
+    /// Relative to the hierarchy, as in the spec.
+    cgroups_path: PathBuf,
+}
+
+fn cgroup_err(what: &str, e: impl std::fmt::Display) -> ContainerError {
+    ContainerError::Runtime(format!("cgroup {what}: {e}"))
 }
 
 impl Cgroup {
-    /// Creates `<root>/veil/<id>` and applies `resources`. Refuses an existing directory (it
-    /// would belong to another container or a leftover).
-    pub fn create(
-        root: &Path,
-        id: &str,
-        resources: Option<&oci::LinuxResources>,
-    ) -> Result<Self, ContainerError> {
-        let parent = root.join("veil");
-        if !parent.exists() {
-            std::fs::create_dir(&parent).map_err(|e| ContainerError::io("creating", &parent, e))?;
-        }
-        enable_controllers(root);
-        enable_controllers(&parent);
-        let path = parent.join(id);
-        std::fs::create_dir(&path).map_err(|e| ContainerError::io("creating", &path, e))?;
-        let cgroup = Cgroup { path };
-        if let Some(r) = resources {
-            if let Err(e) = cgroup.apply(r) {
-                cgroup.remove();
-                return Err(e);
-            }
-        }
-        Ok(cgroup)
+    /// The cgroup at `cgroups_path` (relative to the hierarchy, as in the OCI spec).
+    pub fn open(cgroups_path: &str, id: &str) -> Result<Self, ContainerError> {
+        let manager = create_cgroup_manager(CgroupConfig {
+            cgroup_path: PathBuf::from(cgroups_path),
+            systemd_cgroup: false,
+            container_name: id.to_string(),
+        })
+        .map_err(|e| cgroup_err("manager", e))?;
+        Ok(Self {
+            manager,
+            cgroups_path: PathBuf::from(cgroups_path),
+        })
     }
 
-    /// `cgroup.procs`, which a child writes `0` to in order to join.
-    pub fn procs_file(&self) -> PathBuf {
-        self.path.join("cgroup.procs")
-    }
-
-    fn apply(&self, r: &oci::LinuxResources) -> Result<(), ContainerError> {
-        if let Some(mem) = r.Memory.as_ref() {
-            if mem.Limit > 0 {
-                self.write_limit("memory.max", &mem.Limit.to_string())?;
-            }
-        }
-        if let Some(pids) = r.Pids.as_ref() {
-            if pids.Limit > 0 {
-                self.write_limit("pids.max", &pids.Limit.to_string())?;
-            }
-        }
-        if let Some(cpu) = r.CPU.as_ref() {
-            if cpu.Quota > 0 {
-                let period = if cpu.Period > 0 { cpu.Period } else { 100_000 };
-                self.write_limit("cpu.max", &format!("{} {period}", cpu.Quota))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes a limit; a controller this hierarchy lacks is an error (a limit the caller asked
-    /// for must not be silently dropped).
-    fn write_limit(&self, file: &str, value: &str) -> Result<(), ContainerError> {
-        let path = self.path.join(file);
-        std::fs::write(&path, value).map_err(|e| ContainerError::io("writing limit to", &path, e))
-    }
-
-    /// Pids currently in the cgroup.
+    /// Pids of every process in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
-        std::fs::read_to_string(self.procs_file())
+        self.manager
+            .get_all_pids()
+            .map(|p| p.into_iter().map(|p| p.as_raw()).collect())
             .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
     }
 
-    /// Sends SIGKILL to everything in the cgroup (`cgroup.kill` when the kernel has it).
+    /// SIGKILL to every process: frozen first, so none can fork past the kill.
     pub fn kill_all(&self) {
-        if std::fs::write(self.path.join("cgroup.kill"), "1").is_ok() {
-            return;
-        }
+        let _ = self.manager.freeze(FreezerState::Frozen);
         for pid in self.pids() {
-            // SAFETY: kill(2) with a pid read from our own cgroup; no memory is involved.
+            // SAFETY: kill(2) on a pid read from the container's cgroup.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        let _ = self.manager.freeze(FreezerState::Thawed);
     }
 
-    /// Removes the directory (must be empty of processes). Best effort; logs a failure.
+    /// PauseContainer / ResumeContainer.
+    pub fn freeze(&self, frozen: bool) -> Result<(), ContainerError> {
+        let state = if frozen {
+            FreezerState::Frozen
+        } else {
+            FreezerState::Thawed
+        };
+        self.manager
+            .freeze(state)
+            .map_err(|e| cgroup_err("freezer", e))
+    }
+
+    /// UpdateContainer: applies `resources` (already checked by the bundle rules).
+    pub fn update(
+        &self,
+        resources: &oci_spec::runtime::LinuxResources,
+    ) -> Result<(), ContainerError> {
+        self.manager
+            .apply(&ControllerOpt {
+                resources,
+                disable_oom_killer: false,
+                oom_score_adj: None,
+                freezer_state: None,
+            })
+            .map_err(|e| cgroup_err("limits", e))
+    }
+
+    /// How many processes the OOM killer has killed in the cgroup (`oom_kill` of cgroup v2's
+    /// memory.events, or of v1's memory.oom_control); `None` when neither can be read.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let rel = self
+            .cgroups_path
+            .strip_prefix("/")
+            .unwrap_or(&self.cgroups_path);
+        let unified = detect_root()?;
+        let files = [
+            unified.join(rel).join("memory.events"),
+            PathBuf::from("/sys/fs/cgroup/memory")
+                .join(rel)
+                .join("memory.oom_control"),
+        ];
+        files.iter().find_map(|file| {
+            let text = std::fs::read_to_string(file).ok()?;
+            text.lines().find_map(|line| {
+                let value = line.strip_prefix("oom_kill ")?;
+                value.trim().parse().ok()
+            })
+        })
+    }
+
+    /// Removes the cgroup (after its processes are gone), when libcontainer could not.
     pub fn remove(&self) {
-        if let Err(e) = std::fs::remove_dir(&self.path) {
-            tracing::warn!(cgroup = %self.path.display(), error = %e, "cgroup not removed");
+        if let Err(e) = self.manager.remove() {
+            tracing::warn!(error = %e, "cgroup not removed");
         }
     }
 
-    /// Stats in Kata's shape, from whichever controller files exist.
-    pub fn stats(&self) -> agent::StatsContainerResponse {
-        let read_u64 = |file: &str| -> Option<u64> {
-            std::fs::read_to_string(self.path.join(file))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        };
+    /// StatsContainer's cgroup part.
+    pub fn stats(&self) -> Result<agent::StatsContainerResponse, ContainerError> {
+        let s = self.manager.stats().map_err(|e| cgroup_err("stats", e))?;
         let mut pids = agent::PidsStats::new();
-        pids.current = read_u64("pids.current").unwrap_or(self.pids().len() as u64);
-        pids.limit = read_u64("pids.max").unwrap_or(0);
+        pids.current = s.pids.current;
+        pids.limit = s.pids.limit;
 
         let mut usage = agent::MemoryData::new();
-        usage.usage = read_u64("memory.current").unwrap_or(0);
-        usage.max_usage = read_u64("memory.peak").unwrap_or(0);
-        usage.limit = read_u64("memory.max").unwrap_or(0);
+        usage.usage = s.memory.memory.usage;
+        usage.max_usage = s.memory.memory.max_usage;
+        usage.failcnt = s.memory.memory.fail_count;
+        usage.limit = s.memory.memory.limit;
         let mut memory = agent::MemoryStats::new();
+        memory.cache = s.memory.cache;
         memory.usage = protobuf::MessageField::some(usage);
 
         let mut cpu_usage = agent::CpuUsage::new();
-        if let Ok(text) = std::fs::read_to_string(self.path.join("cpu.stat")) {
-            for line in text.lines() {
-                let mut parts = line.split_whitespace();
-                let (Some(key), Some(value)) = (parts.next(), parts.next()) else {
-                    continue;
-                };
-                let nanos = value.parse::<u64>().unwrap_or(0).saturating_mul(1000);
-                match key {
-                    "usage_usec" => cpu_usage.total_usage = nanos,
-                    "user_usec" => cpu_usage.usage_in_usermode = nanos,
-                    "system_usec" => cpu_usage.usage_in_kernelmode = nanos,
-                    _ => {}
-                }
-            }
-        }
+        cpu_usage.total_usage = s.cpu.usage.usage_total;
+        cpu_usage.usage_in_usermode = s.cpu.usage.usage_user;
+        cpu_usage.usage_in_kernelmode = s.cpu.usage.usage_kernel;
+        cpu_usage.percpu_usage = s.cpu.usage.per_core_usage_total.clone();
+        let mut throttling = agent::ThrottlingData::new();
+        throttling.periods = s.cpu.throttling.periods;
+        throttling.throttled_periods = s.cpu.throttling.throttled_periods;
+        throttling.throttled_time = s.cpu.throttling.throttled_time;
         let mut cpu = agent::CpuStats::new();
         cpu.cpu_usage = protobuf::MessageField::some(cpu_usage);
+        cpu.throttling_data = protobuf::MessageField::some(throttling);
 
         let mut cg = agent::CgroupStats::new();
-        cg.pids_stats = protobuf::MessageField::some(pids);
-        cg.memory_stats = protobuf::MessageField::some(memory);
         cg.cpu_stats = protobuf::MessageField::some(cpu);
+        cg.memory_stats = protobuf::MessageField::some(memory);
+        cg.pids_stats = protobuf::MessageField::some(pids);
         let mut resp = agent::StatsContainerResponse::new();
         resp.cgroup_stats = protobuf::MessageField::some(cg);
-        resp
-    }
-}
-
-/// Delegates the controllers we use to children of `dir`, where offered. Failure is only
-/// logged: a later limit write reports the missing controller precisely.
-fn enable_controllers(dir: &Path) {
-    let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-    for controller in CONTROLLERS {
-        if available.split_whitespace().any(|c| c == *controller) {
-            let file = dir.join("cgroup.subtree_control");
-            if let Err(e) = std::fs::write(&file, format!("+{controller}")) {
-                tracing::debug!(file = %file.display(), controller, error = %e, "controller not enabled");
-            }
-        }
+        Ok(resp)
     }
 }

@@ -202,7 +202,7 @@ fn ioctl(
 fn make_node(node: &Path, dev: u64) -> Result<(), ContainerError> {
     let major = ((dev >> 8) & 0xfff) as u32;
     let minor = ((dev & 0xff) | ((dev >> 12) & 0xfff00)) as u32;
-    let path = super::spawn::c_path(node)?;
+    let path = super::sys::cstr(node).map_err(|e| ContainerError::io("naming", node, e))?;
     // SAFETY: mknod with a valid path string.
     let rc = unsafe {
         libc::mknod(

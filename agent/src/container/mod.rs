@@ -1,21 +1,22 @@
-//! Containers from OCI specs: root file system from a read-only block device with a writable
-//! overlay, namespaces (mount, UTS, IPC, PID), cgroup v2, credentials, capabilities, rlimits, stdio, exit codes.
-//!
-//! Hand-written on purpose (see the crate README / commit message): youki's `libcontainer` was
-//! the preferred choice; this module is the narrow subset the agent needs.
+//! Containers from OCI specs, run by youki's libcontainer (cgroup v2, seccomp, namespaces,
+//! mounts, masked and read-only paths, sysctls, devices, capabilities, rlimits, hooks).
+//! What stays the agent's own: the root file system from read-only block layers (dm-verity)
+//! under an overlay, the stdio of each process as ttrpc streams, reaping as PID 1, and the
+//! checks of everything the host sends before libcontainer sees it.
 
+pub mod bundle;
 mod cgroup;
 mod devmapper;
-mod limits;
-mod mounts;
+pub mod helper;
 mod paths;
 mod process;
 mod reaper;
-mod spawn;
+mod runtime;
 mod stdio;
 mod storage;
 mod sys;
 mod verity;
+mod volumes;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -99,6 +100,10 @@ pub enum ContainerError {
     },
     #[error("container {id:?} still has processes after being killed")]
     Busy { id: String },
+    #[error("layer {device} has no dm-verity root hash, and the policy does not allow unverified layers (rule AllowUnverifiedLayers)")]
+    UnverifiedLayer { device: String },
+    #[error("libcontainer: {0}")]
+    Runtime(String),
 }
 
 impl ContainerError {
@@ -121,11 +126,13 @@ impl ContainerError {
             Self::Unsupported(_) => Code::UNIMPLEMENTED,
             Self::ContainerExists(_) | Self::ProcessExists { .. } => Code::ALREADY_EXISTS,
             Self::NoContainer(_) | Self::NoProcess { .. } => Code::NOT_FOUND,
-            Self::RootHashMismatch { .. } => Code::PERMISSION_DENIED,
+            Self::RootHashMismatch { .. } | Self::UnverifiedLayer { .. } => Code::PERMISSION_DENIED,
             Self::WrongState { .. } | Self::Busy { .. } => Code::FAILED_PRECONDITION,
-            Self::Mount { .. } | Self::Io { .. } | Self::Spawn(_) | Self::Stream { .. } => {
-                Code::INTERNAL
-            }
+            Self::Mount { .. }
+            | Self::Io { .. }
+            | Self::Spawn(_)
+            | Self::Stream { .. }
+            | Self::Runtime(_) => Code::INTERNAL,
         }
     }
 }
@@ -143,9 +150,11 @@ struct Container {
     id: String,
     init_exec_id: String,
     rootfs: std::sync::Mutex<storage::RootFs>,
+    /// The OCI bundle libcontainer was given (config.json, exec process files).
+    bundle: PathBuf,
     cgroup: cgroup::Cgroup,
-    hostname: String,
-    spec_mounts: Vec<crate::protocols::oci::Mount>,
+    /// StartContainer has run: exec needs it.
+    started: std::sync::atomic::AtomicBool,
     processes: std::sync::Mutex<HashMap<String, Arc<Process>>>,
 }
 
@@ -185,16 +194,37 @@ impl Container {
 pub struct ContainerManager {
     config: RuntimeConfig,
     reaper: Arc<Reaper>,
+    runtime: runtime::Runtime,
     containers: tokio::sync::Mutex<HashMap<String, Arc<Container>>>,
+    /// Ids of containers whose processes the OOM killer hit, for GetOOMEvent.
+    oom_tx: tokio::sync::mpsc::UnboundedSender<String>,
+    oom_rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
+}
+
+/// How often each container's OOM kill counter is read.
+const OOM_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Terminal size of a process (rows, columns); 24x80 when the spec gives none.
+fn console_size(p: &crate::protocols::oci::Process) -> (u16, u16) {
+    let size = p.ConsoleSize.as_ref();
+    (
+        size.map_or(24, |s| s.Height.min(u16::MAX as u32) as u16),
+        size.map_or(80, |s| s.Width.min(u16::MAX as u32) as u16),
+    )
 }
 
 impl ContainerManager {
     /// A manager with no containers. `reaper` must be running.
     pub fn new(config: RuntimeConfig, reaper: Arc<Reaper>) -> Self {
+        let runtime = runtime::Runtime::new(config.state_dir.join("libcontainer"));
+        let (oom_tx, oom_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             config,
             reaper,
+            runtime,
             containers: tokio::sync::Mutex::new(HashMap::new()),
+            oom_tx,
+            oom_rx: tokio::sync::Mutex::new(oom_rx),
         }
     }
 
@@ -208,18 +238,57 @@ impl ContainerManager {
             .ok_or_else(|| ContainerError::NoContainer(id.to_string()))
     }
 
+    /// The agent's directory behind Kata's `/run/kata-containers/shared/containers/`.
+    pub fn shared_dir(&self) -> PathBuf {
+        self.config.state_dir.join("shared")
+    }
+
+    /// The agent's directory behind Kata's `/run/kata-containers/sandbox/ephemeral/`.
+    pub fn ephemeral_dir(&self) -> PathBuf {
+        self.config.state_dir.join("ephemeral")
+    }
+
     /// CreateSandbox: records nothing yet beyond validating the request (one sandbox per VM).
     pub fn create_sandbox(&self, req: &agent::CreateSandboxRequest) -> Result<(), ContainerError> {
         if !req.storages.is_empty() {
             return Err(ContainerError::Unsupported("sandbox storages".into()));
         }
-        std::fs::create_dir_all(&self.config.state_dir)
-            .map_err(|e| ContainerError::io("creating", &self.config.state_dir, e))
+        for dir in [
+            self.config.state_dir.clone(),
+            self.shared_dir(),
+            self.ephemeral_dir(),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(|e| ContainerError::io("creating", &dir, e))?;
+        }
+        Ok(())
     }
 
-    /// CreateContainer: validates everything, mounts the root, creates the cgroup and the init
-    /// process's stdio. Nothing is left behind when it fails.
-    pub async fn create(&self, req: &agent::CreateContainerRequest) -> Result<(), ContainerError> {
+    /// The cgroup of container `id`, relative to the cgroup v2 mount (what libcontainer takes
+    /// as `cgroupsPath`).
+    fn cgroups_path(&self, id: &str) -> String {
+        let mount = cgroup::detect_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+        let below = self
+            .config
+            .cgroup_root
+            .strip_prefix(&mount)
+            .unwrap_or(Path::new(""));
+        Path::new("/")
+            .join(below)
+            .join("veil")
+            .join(id)
+            .display()
+            .to_string()
+    }
+
+    /// CreateContainer: validates everything, mounts the layers, writes the bundle and has
+    /// libcontainer create the container (its init process waits for StartContainer).
+    /// Nothing is left behind when it fails. `allow_unverified`: the policy lets layers
+    /// without a dm-verity root hash be used.
+    pub async fn create(
+        &self,
+        req: &agent::CreateContainerRequest,
+        allow_unverified: bool,
+    ) -> Result<(), ContainerError> {
         let id = req.container_id.as_str();
         validate_id("container", id)?;
         let exec_id = if req.exec_id.is_empty() {
@@ -241,86 +310,189 @@ impl ContainerManager {
                 check_root_path(&root.Path)?;
             }
         }
-        let [layer] = req.storages.as_slice() else {
-            return Err(ContainerError::InvalidSpec(format!(
-                "expected exactly one storage (the root layer), got {}",
-                req.storages.len()
-            )));
-        };
-        if !layer.mount_point.is_empty() {
-            check_root_path(&layer.mount_point)?;
+        for layer in &req.storages {
+            if !layer.mount_point.is_empty() {
+                check_root_path(&layer.mount_point)?;
+            }
         }
-        if spec.Hostname.len() > 64 || spec.Hostname.contains('\0') {
-            return Err(ContainerError::InvalidSpec(format!(
-                "hostname {:?}",
-                spec.Hostname
-            )));
-        }
-        let resources = spec.Linux.as_ref().and_then(|l| l.Resources.as_ref());
 
         let mut containers = self.containers.lock().await;
         if containers.contains_key(id) {
             return Err(ContainerError::ContainerExists(id.to_string()));
         }
         let dir = self.config.state_dir.join(id);
-        if dir.exists() {
+        if dir.exists() || self.runtime.state_of(id).exists() {
             return Err(ContainerError::ContainerExists(id.to_string()));
         }
-        let cgroup = cgroup::Cgroup::create(&self.config.cgroup_root, id, resources)?;
-        let mut rootfs = match storage::RootFs::mount(&dir, layer, &format!("veil-{id}")) {
-            Ok(r) => r,
-            Err(e) => {
-                cgroup.remove();
-                return Err(e);
-            }
+        let cgroups_path = self.cgroups_path(id);
+        let shared = self.shared_dir();
+        let ephemeral = self.ephemeral_dir();
+        let rootfs_dir = dir.join("root");
+        let config = bundle::config_json(
+            spec,
+            &bundle::BundlePaths {
+                rootfs: &rootfs_dir.join("rootfs"),
+                cgroups_path: &cgroups_path,
+                shared_dir: &shared,
+                ephemeral_dir: &ephemeral,
+            },
+        )?;
+        // libcontainer's own checks of the spec, before anything is mounted.
+        bundle::to_spec(config.clone())?;
+        let bundle_dir = dir.join("bundle");
+        let (volumes, layers): (Vec<_>, Vec<_>) = req
+            .storages
+            .iter()
+            .cloned()
+            .partition(|s| volumes::VOLUME_DRIVERS.contains(&s.driver.as_str()));
+        for volume in &volumes {
+            volumes::prepare_volume(volume, &shared, &ephemeral)?;
+        }
+        let mut rootfs = storage::RootFs::mount(
+            &rootfs_dir,
+            &layers,
+            &format!("veil-{id}"),
+            allow_unverified,
+        )?;
+        let undo = |rootfs: &mut storage::RootFs| {
+            rootfs.unmount();
+            let _ = std::fs::remove_dir_all(&bundle_dir);
+            let _ = std::fs::remove_dir(&dir);
         };
-        let prepared = spawn::PreparedProcess::new(process, &rootfs.merged())
-            .and_then(|p| mounts::prepare(&spec.Mounts, &rootfs.merged()).map(|_| p))
-            .and_then(|p| Process::new(exec_id, p));
-        let init = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                rootfs.unmount();
-                cgroup.remove();
-                return Err(e);
-            }
+        let written = program_in_root(process, &rootfs.merged())
+            .and_then(|()| {
+                std::fs::create_dir_all(&bundle_dir)
+                    .map_err(|e| ContainerError::io("creating", &bundle_dir, e))
+            })
+            .and_then(|()| {
+                std::fs::write(bundle_dir.join("config.json"), config.to_string())
+                    .map_err(|e| ContainerError::io("writing the bundle in", &bundle_dir, e))
+            });
+        let created = match written {
+            Ok(()) => self.create_init(id, exec_id, process, &bundle_dir).await,
+            Err(e) => Err(e),
         };
+        let (init, cgroup) =
+            match created.and_then(|init| Ok((init, cgroup::Cgroup::open(&cgroups_path, id)?))) {
+                Ok(made) => made,
+                Err(e) => {
+                    // The init process (if libcontainer made one) waits for start: delete it.
+                    let _ = self
+                        .runtime
+                        .run(&self.reaper, id, runtime::Op::Delete, None)
+                        .await;
+                    undo(&mut rootfs);
+                    return Err(e);
+                }
+            };
         let container = Container {
             id: id.to_string(),
             init_exec_id: exec_id.to_string(),
             rootfs: std::sync::Mutex::new(rootfs),
+            bundle: bundle_dir,
             cgroup,
-            hostname: spec.Hostname.clone(),
-            spec_mounts: spec.Mounts.clone(),
+            started: std::sync::atomic::AtomicBool::new(false),
             processes: std::sync::Mutex::new(HashMap::from([(
                 exec_id.to_string(),
                 Arc::new(init),
             )])),
         };
-        containers.insert(id.to_string(), Arc::new(container));
+        let container = Arc::new(container);
+        self.watch_oom(&container);
+        containers.insert(id.to_string(), container);
         tracing::info!(container = id, "container created");
         Ok(())
     }
 
-    /// StartContainer: runs the init process.
+    /// Reports each new OOM kill in the container's cgroup to GetOOMEvent, until the
+    /// container is removed.
+    fn watch_oom(&self, container: &Arc<Container>) {
+        let weak = Arc::downgrade(container);
+        let tx = self.oom_tx.clone();
+        tokio::spawn(async move {
+            let mut seen = None;
+            loop {
+                tokio::time::sleep(OOM_POLL).await;
+                let Some(c) = weak.upgrade() else { break };
+                let kills = c.cgroup.oom_kills();
+                if let (Some(before), Some(now)) = (seen, kills) {
+                    if now > before {
+                        tracing::info!(container = %c.id, "OOM kill in container");
+                        let _ = tx.send(c.id.clone());
+                    }
+                }
+                seen = kills.or(seen);
+            }
+        });
+    }
+
+    /// GetOOMEvent: waits for the next container whose process the OOM killer killed.
+    pub async fn next_oom(&self) -> String {
+        let mut rx = self.oom_rx.lock().await;
+        // The sender lives in `self`, so the channel never closes while this runs.
+        rx.recv().await.unwrap_or_default()
+    }
+
+    /// CopyFile.
+    pub fn copy_file(&self, req: &agent::CopyFileRequest) -> Result<(), ContainerError> {
+        volumes::copy_file(&self.shared_dir(), req)
+    }
+
+    /// ListProcesses: the container's pids, as a table (`PID` header, one per line) or, with
+    /// format `json`, a JSON array.
+    pub async fn list_processes(&self, id: &str, format: &str) -> Result<Vec<u8>, ContainerError> {
+        let mut pids = self.get(id).await?.cgroup.pids();
+        pids.sort_unstable();
+        match format {
+            "json" => Ok(serde_json::to_vec(&pids).unwrap_or_default()),
+            "" | "table" => {
+                let mut out = String::from("PID\n");
+                for pid in pids {
+                    out.push_str(&format!("{pid}\n"));
+                }
+                Ok(out.into_bytes())
+            }
+            other => Err(ContainerError::InvalidSpec(format!(
+                "ListProcesses format {other:?} (json or table)"
+            ))),
+        }
+    }
+
+    /// How many containers exist (GetMetrics).
+    pub async fn count(&self) -> usize {
+        self.containers.lock().await.len()
+    }
+
+    async fn create_init(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: &crate::protocols::oci::Process,
+        bundle_dir: &Path,
+    ) -> Result<Process, ContainerError> {
+        let (init, child_io) = Process::new(exec_id, process.Terminal, console_size(process))?;
+        let pid = self
+            .runtime
+            .run(
+                &self.reaper,
+                id,
+                runtime::Op::Create(bundle_dir),
+                Some(child_io),
+            )
+            .await?
+            .ok_or_else(|| ContainerError::Runtime("create returned no pid".into()))?;
+        init.set_started(pid, self.reaper.adopt(pid));
+        Ok(init)
+    }
+
+    /// StartContainer: lets the init process run (and runs poststart hooks).
     pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
         let c = self.get(id).await?;
         let init = c.init()?;
-        let merged = c.rootfs.lock().unwrap_or_else(|p| p.into_inner()).merged();
-        let entry = spawn::Entry::Init {
-            rootfs: spawn::c_path(&merged)?,
-            hostname: if c.hostname.is_empty() {
-                None
-            } else {
-                Some(
-                    std::ffi::CString::new(c.hostname.clone())
-                        .map_err(|_| ContainerError::InvalidSpec("hostname has NUL".into()))?,
-                )
-            },
-            mounts: mounts::prepare(&c.spec_mounts, &merged)?,
-        };
-        let procs = spawn::open_for_child(&c.cgroup.procs_file(), true)?;
-        init.spawn(&self.reaper, entry, procs, id)?;
+        self.runtime
+            .run(&self.reaper, id, runtime::Op::Start, None)
+            .await?;
+        c.started.store(true, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(
             container = id,
             pid = init.pid().unwrap_or(0),
@@ -337,29 +509,23 @@ impl ContainerManager {
             .process
             .as_ref()
             .ok_or_else(|| ContainerError::InvalidSpec("no process".into()))?;
+        let process_json = bundle::process_json(oci_process)?;
         let init = c.init()?;
-        let Some(init_pid) = init.pid().filter(|_| !init.has_exited()) else {
+        let started = c.started.load(std::sync::atomic::Ordering::SeqCst);
+        if !started || init.has_exited() {
             return Err(ContainerError::WrongState {
                 id: c.id.clone(),
-                state: if init.pid().is_some() {
-                    "stopped"
-                } else {
-                    "created"
-                },
+                state: if started { "stopped" } else { "created" },
                 op: "ExecProcess",
                 wanted: "running",
             });
-        };
-        let merged = c.rootfs.lock().unwrap_or_else(|p| p.into_inner()).merged();
-        let prepared = spawn::PreparedProcess::new(oci_process, &merged)?;
-        let mut namespaces = Vec::new();
-        for ns in ["ipc", "uts", "mnt"] {
-            let path = PathBuf::from(format!("/proc/{init_pid}/ns/{ns}"));
-            namespaces.push(spawn::open_for_child(&path, false)?);
         }
-        let pid_namespace =
-            spawn::open_for_child(Path::new(&format!("/proc/{init_pid}/ns/pid")), false)?;
-        let process = Arc::new(Process::new(&req.exec_id, prepared)?);
+        let (process, child_io) = Process::new(
+            &req.exec_id,
+            oci_process.Terminal,
+            console_size(oci_process),
+        )?;
+        let process = Arc::new(process);
         {
             let mut procs = c.processes.lock().unwrap_or_else(|p| p.into_inner());
             if procs.contains_key(&req.exec_id) {
@@ -370,24 +536,35 @@ impl ContainerManager {
             }
             procs.insert(req.exec_id.clone(), process.clone());
         }
-        let cgroup_procs = spawn::open_for_child(&c.cgroup.procs_file(), true)?;
-        let spawned = process.spawn(
-            &self.reaper,
-            spawn::Entry::Join {
-                namespaces,
-                pid_namespace,
-            },
-            cgroup_procs,
-            &c.id,
-        );
-        if let Err(e) = spawned {
-            c.processes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&req.exec_id);
-            return Err(e);
+        let path = c.bundle.join(format!("exec-{}.json", req.exec_id));
+        let result = match std::fs::write(&path, process_json.to_string()) {
+            Ok(()) => {
+                self.runtime
+                    .run(
+                        &self.reaper,
+                        &c.id,
+                        runtime::Op::Exec(&path),
+                        Some(child_io),
+                    )
+                    .await
+            }
+            Err(e) => Err(ContainerError::io("writing", &path, e)),
+        };
+        let _ = std::fs::remove_file(&path);
+        match result {
+            Ok(Some(pid)) => {
+                process.set_started(pid, self.reaper.adopt(pid));
+                Ok(())
+            }
+            Ok(None) => Err(ContainerError::Runtime("exec returned no pid".into())),
+            Err(e) => {
+                c.processes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&req.exec_id);
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     /// SignalProcess: one process, or (empty exec id) every process in the container.
@@ -466,10 +643,29 @@ impl ContainerManager {
 
     /// StatsContainer.
     pub async fn stats(&self, id: &str) -> Result<agent::StatsContainerResponse, ContainerError> {
-        Ok(self.get(id).await?.cgroup.stats())
+        self.get(id).await?.cgroup.stats()
     }
 
-    /// RemoveContainer: kills every process, waits for them, unmounts, removes the cgroup.
+    /// UpdateContainer: new cgroup limits, checked by the same rules as at create.
+    pub async fn update(
+        &self,
+        id: &str,
+        resources: &crate::protocols::oci::LinuxResources,
+    ) -> Result<(), ContainerError> {
+        let c = self.get(id).await?;
+        let json = bundle::resources_json(resources)?;
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_value(json)
+            .map_err(|e| ContainerError::InvalidSpec(format!("resources: {e}")))?;
+        c.cgroup.update(&resources)
+    }
+
+    /// PauseContainer (`frozen`) and ResumeContainer: the cgroup freezer.
+    pub async fn freeze(&self, id: &str, frozen: bool) -> Result<(), ContainerError> {
+        self.get(id).await?.cgroup.freeze(frozen)
+    }
+
+    /// RemoveContainer: kills every process, waits for them, has libcontainer delete the
+    /// container (poststop hooks, cgroup, state), unmounts the layers.
     pub async fn remove(&self, id: &str) -> Result<(), ContainerError> {
         validate_id("container", id)?;
         let mut containers = self.containers.lock().await;
@@ -477,7 +673,7 @@ impl ContainerManager {
             .get(id)
             .cloned()
             .ok_or_else(|| ContainerError::NoContainer(id.to_string()))?;
-        Self::teardown(&c).await?;
+        self.teardown(&c).await?;
         containers.remove(id);
         tracing::info!(container = id, "container removed");
         Ok(())
@@ -488,13 +684,15 @@ impl ContainerManager {
         let mut containers = self.containers.lock().await;
         let all: Vec<_> = containers.values().cloned().collect();
         for c in all {
-            Self::teardown(&c).await?;
+            self.teardown(&c).await?;
             containers.remove(&c.id);
         }
+        volumes::remove_ephemeral(&self.ephemeral_dir());
+        let _ = std::fs::remove_dir_all(self.shared_dir());
         Ok(())
     }
 
-    async fn teardown(c: &Container) -> Result<(), ContainerError> {
+    async fn teardown(&self, c: &Container) -> Result<(), ContainerError> {
         c.cgroup.kill_all();
         for p in c.all_processes() {
             p.kill_and_wait().await;
@@ -511,9 +709,56 @@ impl ContainerManager {
         if !c.cgroup.pids().is_empty() {
             return Err(ContainerError::Busy { id: c.id.clone() });
         }
+        if let Err(e) = self
+            .runtime
+            .run(&self.reaper, &c.id, runtime::Op::Delete, None)
+            .await
+        {
+            // The container's processes are gone; what is left is state to clear by hand.
+            tracing::warn!(container = %c.id, error = %e, "libcontainer delete failed");
+            let _ = std::fs::remove_dir_all(self.runtime.state_of(&c.id));
+            c.cgroup.remove();
+        }
         c.rootfs.lock().unwrap_or_else(|p| p.into_inner()).unmount();
-        c.cgroup.remove();
+        let _ = std::fs::remove_dir_all(&c.bundle);
+        let _ = std::fs::remove_dir(self.config.state_dir.join(&c.id));
         Ok(())
+    }
+}
+
+/// Default PATH for resolving a bare program name (runc's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Checks, before libcontainer runs anything, that the program exists in the container's
+/// root (host view), so a typo is an invalid argument rather than a runtime failure.
+fn program_in_root(p: &crate::protocols::oci::Process, root: &Path) -> Result<(), ContainerError> {
+    let arg0 = p.Args.first().map(String::as_str).unwrap_or_default();
+    let exists = |path: &str| {
+        paths::relative_inside("program", path)
+            .map(|rel| std::fs::symlink_metadata(root.join(rel)).is_ok())
+            .unwrap_or(false)
+    };
+    let found = if arg0.starts_with('/') {
+        exists(arg0)
+    } else if arg0.contains('/') || arg0.is_empty() {
+        false
+    } else {
+        let path_var = p
+            .Env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH);
+        path_var
+            .split(':')
+            .filter(|d| d.starts_with('/'))
+            .any(|d| exists(&format!("{}/{arg0}", d.trim_end_matches('/'))))
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(ContainerError::InvalidSpec(format!(
+            "program {arg0:?} not found in the container (absolute, or a bare name on PATH)"
+        )))
     }
 }
 

@@ -1,12 +1,10 @@
 //! One process of a container: its stdio, its pid once started, its exit status.
 
-use std::os::fd::OwnedFd;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use tokio::sync::watch;
 
-use super::reaper::{wait_exit, ExitStatus, PidNamespace, Reaper};
-use super::spawn::{Entry, PreparedProcess};
+use super::reaper::{wait_exit, ExitStatus};
 use super::stdio::{self, ChildIo, ProcessIo};
 use super::ContainerError;
 
@@ -15,68 +13,39 @@ use super::ContainerError;
 pub struct Process {
     exec_id: String,
     io: ProcessIo,
-    pending: Mutex<Option<(PreparedProcess, ChildIo)>>,
     started: OnceLock<(i32, watch::Receiver<Option<ExitStatus>>)>,
 }
 
 impl Process {
-    /// Allocates stdio (a pty when the process asks for a terminal).
-    pub fn new(exec_id: &str, prepared: PreparedProcess) -> Result<Self, ContainerError> {
+    /// Allocates stdio (a pty when the process asks for a terminal); the child's ends go to
+    /// libcontainer.
+    pub fn new(
+        exec_id: &str,
+        terminal: bool,
+        (rows, cols): (u16, u16),
+    ) -> Result<(Self, ChildIo), ContainerError> {
         let stream_err = |source| ContainerError::Stream {
             exec_id: exec_id.to_string(),
             source,
         };
-        let (io, child) = if prepared.terminal {
-            let (rows, cols) = prepared.console_size;
+        let (io, child) = if terminal {
             stdio::pty(rows, cols).map_err(stream_err)?
         } else {
             stdio::pipes().map_err(stream_err)?
         };
-        Ok(Self {
-            exec_id: exec_id.to_string(),
-            io,
-            pending: Mutex::new(Some((prepared, child))),
-            started: OnceLock::new(),
-        })
+        Ok((
+            Self {
+                exec_id: exec_id.to_string(),
+                io,
+                started: OnceLock::new(),
+            },
+            child,
+        ))
     }
 
-    /// Spawns it (once).
-    pub fn spawn(
-        &self,
-        reaper: &Reaper,
-        entry: Entry,
-        cgroup_procs: OwnedFd,
-        container_id: &str,
-    ) -> Result<(), ContainerError> {
-        let (prepared, child_io) = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .ok_or_else(|| ContainerError::WrongState {
-                id: container_id.to_string(),
-                state: "started",
-                op: "start",
-                wanted: "created",
-            })?;
-        let pid_ns_fd = match &entry {
-            Entry::Init { .. } => None,
-            Entry::Join { pid_namespace, .. } => {
-                Some(pid_namespace.try_clone().map_err(ContainerError::Spawn)?)
-            }
-        };
-        let mut cmd = prepared.command(entry, child_io, cgroup_procs);
-        let pid_ns = match &pid_ns_fd {
-            None => PidNamespace::New,
-            Some(fd) => PidNamespace::Join(fd),
-        };
-        let started = reaper
-            .spawn_in_pid_namespace(&mut cmd, pid_ns)
-            .map_err(ContainerError::Spawn)?;
-        // `cmd` holds the child's ends of the stdio; close them here so EOF reaches readers.
-        drop(cmd);
-        let _ = self.started.set(started);
-        Ok(())
+    /// Records the pid libcontainer gave the process and where its exit status arrives.
+    pub fn set_started(&self, pid: i32, exited: watch::Receiver<Option<ExitStatus>>) {
+        let _ = self.started.set((pid, exited));
     }
 
     /// The pid, once started.

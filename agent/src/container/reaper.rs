@@ -19,10 +19,20 @@ pub enum PidNamespace<'a> {
 /// Exit status as Kata reports it: the exit code, or 128 + signal number.
 pub type ExitStatus = i32;
 
+/// Exit statuses kept for pids nobody waits on yet: container processes libcontainer forked
+/// are re-parented to the agent and can exit before the agent learns their pid.
+const MAX_UNCLAIMED: usize = 4096;
+
 /// Registry of our children's pids.
 #[derive(Default)]
 pub struct Reaper {
-    waiting: Mutex<HashMap<i32, watch::Sender<Option<ExitStatus>>>>,
+    waiting: Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    waiting: HashMap<i32, watch::Sender<Option<ExitStatus>>>,
+    unclaimed: HashMap<i32, ExitStatus>,
 }
 
 impl Reaper {
@@ -54,9 +64,23 @@ impl Reaper {
         let pid = child.id() as i32;
         // Dropping `Child` neither kills nor waits; the reaper collects it.
         drop(child);
+        // A status kept for an earlier process with this pid is stale now.
+        waiting.unclaimed.remove(&pid);
         let (tx, rx) = watch::channel(None);
-        waiting.insert(pid, tx);
+        waiting.waiting.insert(pid, tx);
         Ok((pid, rx))
+    }
+
+    /// Watches `pid`, a process that is not our child yet (or has already exited as one):
+    /// a container process that libcontainer's helper forked and that re-parents to the agent.
+    pub fn adopt(&self, pid: i32) -> watch::Receiver<Option<ExitStatus>> {
+        let mut registry = self.lock();
+        if let Some(code) = registry.unclaimed.remove(&pid) {
+            return watch::channel(Some(code)).1;
+        }
+        let (tx, rx) = watch::channel(None);
+        registry.waiting.insert(pid, tx);
+        rx
     }
 
     /// Spawns `cmd` from a short-lived thread whose children go into PID namespace `pid_ns`
@@ -104,17 +128,23 @@ impl Reaper {
             } else {
                 continue;
             };
-            match waiting.remove(&pid) {
+            match waiting.waiting.remove(&pid) {
                 Some(tx) => {
                     tracing::debug!(pid, code, "child exited");
                     let _ = tx.send(Some(code));
                 }
-                None => tracing::debug!(pid, code, "reaped orphan"),
+                None => {
+                    tracing::debug!(pid, code, "reaped orphan");
+                    if waiting.unclaimed.len() >= MAX_UNCLAIMED {
+                        waiting.unclaimed.clear();
+                    }
+                    waiting.unclaimed.insert(pid, code);
+                }
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, watch::Sender<Option<ExitStatus>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

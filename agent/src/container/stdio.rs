@@ -65,7 +65,6 @@ pub struct ChildIo {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
-    pub terminal: bool,
 }
 
 /// Creates pipes for the three streams.
@@ -84,7 +83,6 @@ pub fn pipes() -> io::Result<(ProcessIo, ChildIo)> {
             stdin: in_r,
             stdout: out_w,
             stderr: err_w,
-            terminal: false,
         },
     ))
 }
@@ -131,7 +129,6 @@ pub fn pty(rows: u16, cols: u16) -> io::Result<(ProcessIo, ChildIo)> {
             stdin: slave.try_clone()?,
             stdout: slave.try_clone()?,
             stderr: slave,
-            terminal: true,
         },
     ))
 }

@@ -18,12 +18,17 @@ const LAYER_FSTYPES: &[&str] = &["ext4", "erofs"];
 /// Drivers (Kata's names) that mean "a block device inside the VM".
 const BLOCK_DRIVERS: &[&str] = &["blk", "virtio-blk", "virtio-blk-mmio", "block"];
 
-/// The mounts that make up one container's root, under `<state_dir>/<id>/`.
+/// Most image layers accepted for one container.
+pub const MAX_LAYERS: usize = 64;
+
+/// The mounts that make up one container's root, under `<state_dir>/<id>/`: each layer a
+/// read-only block device (through dm-verity when its storage pins a root hash), combined
+/// with overlayfs under a tmpfs upper directory for the container's writes.
 #[derive(Debug)]
 pub struct RootFs {
     dir: PathBuf,
     mounted: Vec<PathBuf>,
-    verity: Option<VerityDevice>,
+    verity: Vec<VerityDevice>,
 }
 
 impl RootFs {
@@ -32,51 +37,53 @@ impl RootFs {
         self.dir.join("rootfs")
     }
 
-    /// Mounts `storage` read-only and an overlay over it, under `dir` (created here). A layer
-    /// with verity options is checked against its root hash first and mounted only through
-    /// dm-verity. `dm_name` names the dm device. On error everything done so far is undone.
-    pub fn mount(dir: &Path, storage: &Storage, dm_name: &str) -> Result<Self, ContainerError> {
-        let device = validate_layer(storage)?;
-        let verity_params = match verity::parse_options(&storage.driver_options)? {
-            Some(opts) => {
-                let params = verity::check(&device, &opts)?;
-                if !devmapper::available() {
-                    return Err(ContainerError::Unsupported(format!(
-                        "dm-verity layer {} needs device-mapper ({} is missing)",
-                        device.display(),
-                        devmapper::CONTROL
-                    )));
+    /// Mounts `layers` (lowest first) read-only and an overlay over them, under `dir`
+    /// (created here). A layer with verity options is checked against its root hash first and
+    /// mounted only through dm-verity, as `<dm_name>-<n>`; a layer without them is refused
+    /// unless `allow_unverified`. On error everything done so far is undone.
+    pub fn mount(
+        dir: &Path,
+        layers: &[Storage],
+        dm_name: &str,
+        allow_unverified: bool,
+    ) -> Result<Self, ContainerError> {
+        if layers.is_empty() || layers.len() > MAX_LAYERS {
+            return Err(ContainerError::InvalidSpec(format!(
+                "{} storages: a container needs 1 to {MAX_LAYERS} image layers",
+                layers.len()
+            )));
+        }
+        let mut checked = Vec::with_capacity(layers.len());
+        for layer in layers {
+            let device = validate_layer(layer)?;
+            let params = match verity::parse_options(&layer.driver_options)? {
+                Some(opts) => {
+                    let params = verity::check(&device, &opts)?;
+                    if !devmapper::available() {
+                        return Err(ContainerError::Unsupported(format!(
+                            "dm-verity layer {} needs device-mapper ({} is missing)",
+                            device.display(),
+                            devmapper::CONTROL
+                        )));
+                    }
+                    Some(params)
                 }
-                Some(params)
-            }
-            None => None,
-        };
+                None if allow_unverified => None,
+                None => {
+                    return Err(ContainerError::UnverifiedLayer {
+                        device: device.display().to_string(),
+                    })
+                }
+            };
+            checked.push((device, params, layer.fstype.as_str()));
+        }
         std::fs::create_dir_all(dir).map_err(|e| ContainerError::io("creating", dir, e))?;
         let mut root = RootFs {
             dir: dir.to_path_buf(),
             mounted: Vec::new(),
-            verity: None,
+            verity: Vec::new(),
         };
-        let device = match verity_params {
-            Some(params) => {
-                // The node lives next to the control node, as udev would put it: the agent's
-                // state directory is on a nodev mount (/run), where device nodes cannot open.
-                let node = Path::new(devmapper::CONTROL).with_file_name(dm_name);
-                match VerityDevice::create(dm_name, &device, &params, &node) {
-                    Ok(v) => {
-                        let node = v.node().to_path_buf();
-                        root.verity = Some(v);
-                        node
-                    }
-                    Err(e) => {
-                        root.unmount();
-                        return Err(e);
-                    }
-                }
-            }
-            None => device,
-        };
-        match root.mount_all(&device, &storage.fstype) {
+        match root.mount_all(checked, dm_name) {
             Ok(()) => Ok(root),
             Err(e) => {
                 root.unmount();
@@ -85,29 +92,50 @@ impl RootFs {
         }
     }
 
-    fn mount_all(&mut self, device: &Path, fstype: &str) -> Result<(), ContainerError> {
-        let layer = self.dir.join("layer");
-        let rw = self.dir.join("rw");
-        let merged = self.merged();
-        for d in [&layer, &rw, &merged] {
-            std::fs::create_dir_all(d).map_err(|e| ContainerError::io("creating", d, e))?;
-        }
+    fn mount_all(
+        &mut self,
+        layers: Vec<(PathBuf, Option<verity::VerityParams>, &str)>,
+        dm_name: &str,
+    ) -> Result<(), ContainerError> {
         let c = |p: &Path| sys::cstr(p).map_err(|e| ContainerError::io("naming", p, e));
         let cs = |s: &str| CString::new(s).expect("static strings have no NUL");
-
-        sys::mount(
-            &c(device)?,
-            &c(&layer)?,
-            &cs(fstype),
-            libc::MS_RDONLY | libc::MS_NODEV,
-            None,
-        )
-        .map_err(|e| ContainerError::Mount {
-            what: format!("{} ({fstype}) on {}", device.display(), layer.display()),
-            source: e,
-        })?;
-        self.mounted.push(layer.clone());
-
+        let mut lower = Vec::with_capacity(layers.len());
+        for (n, (device, params, fstype)) in layers.into_iter().enumerate() {
+            let device = match params {
+                Some(params) => {
+                    // The node lives next to the control node, as udev would put it: the
+                    // agent's state directory is on a nodev mount (/run).
+                    let name = format!("{dm_name}-{n}");
+                    let node = Path::new(devmapper::CONTROL).with_file_name(&name);
+                    let v = VerityDevice::create(&name, &device, &params, &node)?;
+                    let node = v.node().to_path_buf();
+                    self.verity.push(v);
+                    node
+                }
+                None => device,
+            };
+            let target = self.dir.join(format!("layer{n}"));
+            std::fs::create_dir_all(&target)
+                .map_err(|e| ContainerError::io("creating", &target, e))?;
+            sys::mount(
+                &c(&device)?,
+                &c(&target)?,
+                &cs(fstype),
+                libc::MS_RDONLY | libc::MS_NODEV,
+                None,
+            )
+            .map_err(|e| ContainerError::Mount {
+                what: format!("{} ({fstype}) on {}", device.display(), target.display()),
+                source: e,
+            })?;
+            self.mounted.push(target.clone());
+            lower.push(target);
+        }
+        let rw = self.dir.join("rw");
+        let merged = self.merged();
+        for d in [&rw, &merged] {
+            std::fs::create_dir_all(d).map_err(|e| ContainerError::io("creating", d, e))?;
+        }
         sys::mount(
             &cs("tmpfs"),
             &c(&rw)?,
@@ -125,9 +153,15 @@ impl RootFs {
         for d in [&upper, &work] {
             std::fs::create_dir_all(d).map_err(|e| ContainerError::io("creating", d, e))?;
         }
+        // overlayfs lists the top layer first.
+        let lowerdir: Vec<String> = lower
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect();
         let options = format!(
             "lowerdir={},upperdir={},workdir={}",
-            layer.display(),
+            lowerdir.join(":"),
             upper.display(),
             work.display()
         );
@@ -159,13 +193,12 @@ impl RootFs {
                     tracing::error!(target = %target.display(), error = %e, "detach failed");
                 }
             }
+            let _ = std::fs::remove_dir(&target);
         }
-        if let Some(v) = self.verity.take() {
+        while let Some(v) = self.verity.pop() {
             v.remove();
         }
-        for d in ["rootfs", "rw", "layer"] {
-            let _ = std::fs::remove_dir(self.dir.join(d));
-        }
+        let _ = std::fs::remove_dir(self.dir.join("rootfs"));
         let _ = std::fs::remove_dir(&self.dir);
     }
 }

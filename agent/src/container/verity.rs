@@ -74,14 +74,12 @@ pub fn parse_options(options: &[String]) -> Result<Option<VerityOptions>, Contai
     let mut offset = None;
     for opt in options {
         if let Some(v) = opt.strip_prefix(ROOT_HASH_OPT) {
-            if v.len() != 2 * DIGEST_LEN {
-                return Err(invalid(format!("{opt:?}: root hash must be 64 hex digits")));
-            }
-            let mut hash = [0u8; DIGEST_LEN];
-            for (i, b) in hash.iter_mut().enumerate() {
-                *b = u8::from_str_radix(&v[2 * i..2 * i + 2], 16)
-                    .map_err(|_| invalid(format!("{opt:?}: not hex")))?;
-            }
+            let hash = crate::hex::decode::<DIGEST_LEN>(v).ok_or_else(|| {
+                invalid(format!(
+                    "{opt:?}: root hash must be {} hex digits",
+                    2 * DIGEST_LEN
+                ))
+            })?;
             root = Some(hash);
         } else if let Some(v) = opt.strip_prefix(HASH_OFFSET_OPT) {
             offset = Some(

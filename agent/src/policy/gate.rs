@@ -63,6 +63,12 @@ impl PolicyGate {
         engine.check(rule, &input)
     }
 
+    /// Whether rule `rule` allows `req`: a question the policy answers (e.g.
+    /// `AllowUnverifiedLayers`), where an undefined rule or no policy means no.
+    pub fn allows<M: MessageFull>(&self, rule: &str, req: &M) -> bool {
+        self.authorize(rule, req).is_ok()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<PolicyEngine>> {
         // A panic while holding the lock cannot leave the Option half-written; keep serving.
         self.active.lock().unwrap_or_else(|p| p.into_inner())

@@ -20,6 +20,14 @@ default ExecProcessRequest := true
 default SignalProcessRequest := true
 default WaitProcessRequest := true
 default StatsContainerRequest := true
+default UpdateContainerRequest := true
+default PauseContainerRequest := true
+default ResumeContainerRequest := true
+default ListProcessesRequest := true
+default CopyFileRequest := true
+default GetOOMEventRequest := true
+default GetMetricsRequest := true
+default SetGuestDateTimeRequest := true
 default WriteStreamRequest := true
 default ReadStreamRequest := true
 default CloseStdinRequest := true
@@ -32,6 +40,7 @@ default UpdateInterfaceRequest := true
 default UpdateRoutesRequest := true
 default ListInterfacesRequest := true
 default ListRoutesRequest := true
+default AllowUnverifiedLayers := true
 "#;
 
 /// Errors from loading or applying a policy.

@@ -322,12 +322,16 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The cgroup directory the agent uses for container `id`.
+/// The cgroup directory libcontainer makes for container `id`: in the unified hierarchy, or
+/// (hybrid hosts, where libcgroups uses cgroup v1) in the v1 `pids` hierarchy.
 pub fn cgroup_dir(id: &str) -> PathBuf {
-    veil_agent::container::detect_cgroup_root()
-        .expect("cgroup v2 hierarchy")
-        .join("veil")
-        .join(id)
+    let root = veil_agent::container::detect_cgroup_root().expect("cgroup v2 hierarchy");
+    let base = if root == Path::new("/sys/fs/cgroup") {
+        root
+    } else {
+        PathBuf::from("/sys/fs/cgroup/pids")
+    };
+    base.join("veil").join(id)
 }
 
 /// Whether a process with `pid` exists.
