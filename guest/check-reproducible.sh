@@ -7,8 +7,8 @@
 # a copy of the checkout's files (tracked and untracked, not ignored) in a new directory under
 # /var/tmp, with its own target directory and CARGO_HOME, umask 077, TMPDIR of its own, and, when
 # run as root, as user nobody (uid 65534) in a private mount namespace where the toolchain
-# and the crate registry (under root's home, which nobody cannot enter) are bind-mounted
-# into B's directory; CAP_MKNOD is kept for the initramfs device nodes. B builds the agent,
+# and the crate registry's index and downloads (under root's home, which nobody cannot
+# enter) are bind-mounted into B's directory, and B unpacks the crate sources itself; CAP_MKNOD is kept for the initramfs device nodes. B builds the agent,
 # the initramfs, the IGVM and the manifest from scratch.
 #
 # The kernel: by default B starts with A's kernel images in its cache (a kernel build is 10+
@@ -48,7 +48,7 @@ work=$(mktemp -d /var/tmp/veil-repro.XXXXXX)
 # delete through one that somehow outlived it (it would be the toolchain or the registry).
 remove_work() {
     local m
-    for m in cargo-bin rustup cargo/registry; do
+    for m in cargo-bin rustup cargo/registry cargo/registry/index cargo/registry/cache; do
         if mountpoint -q "$work/$m"; then
             echo "check-reproducible: not removing $work: $work/$m is still a mount" >&2
             return
@@ -88,9 +88,13 @@ b_env() { # $1: cargo bin dir, $2: RUSTUP_HOME
 }
 who="user $(id -un)"
 if (($(id -u) == 0)); then
+    # The registry's index and downloaded crates are bind-mounted; B unpacks the sources
+    # itself (as nobody, into its own registry/src): unpacked files keep the modes their
+    # crate was published with, and some are not world-readable (fnv 1.0.7: 0640).
+    mkdir -p "$work/cargo/registry/index" "$work/cargo/registry/cache" "$work/cargo/registry/src"
     chown -R 65534:65534 "$work"
     who="user nobody"
-    mounts="mount --bind $cargo_home/bin $work/cargo-bin && mount --bind $cargo_home/registry $work/cargo/registry && mount --bind $rustup_home $work/rustup"
+    mounts="mount --bind $cargo_home/bin $work/cargo-bin && mount --bind $cargo_home/registry/index $work/cargo/registry/index && mount --bind $cargo_home/registry/cache $work/cargo/registry/cache && mount --bind $rustup_home $work/rustup"
     run_b=(unshare --mount --propagation private bash -c "$mounts && exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=+mknod --ambient-caps=+mknod $(b_env "$work/cargo-bin" "$work/rustup") bash -c '$b_build'")
 else
     echo "check-reproducible: not root: build B runs as $who too (no other user to switch to)" >&2
