@@ -8,8 +8,9 @@
 # /var/tmp, with its own target directory and CARGO_HOME, umask 077, TMPDIR of its own, and, when
 # run as root, as user nobody (uid 65534) in a private mount namespace where the toolchain
 # and the crate registry's index and downloads (under root's home, which nobody cannot
-# enter) are bind-mounted into B's directory, and B unpacks the crate sources itself; CAP_MKNOD is kept for the initramfs device nodes. B builds the agent,
-# the initramfs, the IGVM and the manifest from scratch.
+# enter) are bind-mounted into B's directory, and B unpacks the crate sources itself;
+# CAP_MKNOD is kept for the initramfs device nodes. B builds the agent, the initramfs, the
+# IGVM and the manifest from scratch.
 #
 # The kernel: by default B starts with A's kernel images in its cache (a kernel build is 10+
 # minutes on 2 cores), so the comparison covers the agent, initramfs, IGVM and manifest
@@ -31,7 +32,7 @@ rebuild_kernel=0
 for arg in "$@"; do
     case $arg in
     --rebuild-kernel) rebuild_kernel=1 ;;
-    -h | --help) sed -n '2,17p' "$script_path" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$script_path" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$arg' (usage: guest/check-reproducible.sh [--rebuild-kernel])" ;;
     esac
 done
