@@ -410,7 +410,9 @@ impl ContainerManager {
         let weak = Arc::downgrade(container);
         let tx = self.oom_tx.clone();
         tokio::spawn(async move {
-            let mut seen = None;
+            // The cgroup is new, so its count starts at zero: a kill before the first poll
+            // (a process can run out of memory within milliseconds of start) still counts.
+            let mut seen = Some(0);
             loop {
                 tokio::time::sleep(OOM_POLL).await;
                 let Some(c) = weak.upgrade() else { break };
