@@ -56,6 +56,7 @@ fn vm_sandboxes_run_ctr_echo_exit_code_stdin_exec_and_kill() {
     ctr::echo_prints_hello(&c);
     ctr::exit_code_reaches_ctr(&c);
     ctr::cat_echoes_stdin(&c);
+    ctr::terminal_has_ctr_size(&c);
     ctr::exec_runs_a_second_process_and_kill_stops_the_first(&c);
     the_vm_runs_in_a_jail(&c);
 }

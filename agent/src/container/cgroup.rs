@@ -121,9 +121,24 @@ impl Cgroup {
         }
     }
 
-    /// StatsContainer's cgroup part.
+    /// The container's cgroup v2 directory, when the container's cgroup is a v2 one.
+    fn v2_dir(&self) -> Option<PathBuf> {
+        let AnyCgroupManager::V2(_) = self.manager else {
+            return None;
+        };
+        let rel = self
+            .cgroups_path
+            .strip_prefix("/")
+            .unwrap_or(&self.cgroups_path);
+        Some(detect_root()?.join(rel))
+    }
+
+    /// StatsContainer's cgroup part (CPU times in ns, as Kata's agent API has them).
     pub fn stats(&self) -> Result<agent::StatsContainerResponse, ContainerError> {
-        let s = self.manager.stats().map_err(|e| cgroup_err("stats", e))?;
+        let s = match self.v2_dir() {
+            Some(dir) => super::cgroup_stats::read_v2(&dir)?,
+            None => self.manager.stats().map_err(|e| cgroup_err("stats", e))?,
+        };
         let mut pids = agent::PidsStats::new();
         pids.current = s.pids.current;
         pids.limit = s.pids.limit;
