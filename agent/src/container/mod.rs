@@ -6,6 +6,7 @@
 
 pub mod bundle;
 mod cgroup;
+mod cgroup_stats;
 mod devmapper;
 pub mod helper;
 mod paths;
@@ -156,9 +157,28 @@ struct Container {
     /// StartContainer has run: exec needs it.
     started: std::sync::atomic::AtomicBool,
     processes: std::sync::Mutex<HashMap<String, Arc<Process>>>,
+    /// OOM kills in the cgroup already reported to GetOOMEvent.
+    oom_kills_reported: std::sync::atomic::AtomicU64,
 }
 
 impl Container {
+    /// Reports the cgroup's OOM kills not reported yet (one event for any number of them).
+    /// Called by the periodic watch, and when a process exits and before the cgroup goes:
+    /// containerd deletes an OOM-killed task within milliseconds of its exit, well inside
+    /// one poll period, and the kill count goes with the cgroup.
+    fn report_new_oom_kills(&self, tx: &tokio::sync::mpsc::UnboundedSender<String>) {
+        let Some(now) = self.cgroup.oom_kills() else {
+            return;
+        };
+        let before = self
+            .oom_kills_reported
+            .fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        if now > before {
+            tracing::info!(container = %self.id, kills = now - before, "OOM kill in container");
+            let _ = tx.send(self.id.clone());
+        }
+    }
+
     fn process(&self, exec_id: &str) -> Result<Arc<Process>, ContainerError> {
         let exec_id = if exec_id.is_empty() {
             &self.init_exec_id
@@ -396,6 +416,9 @@ impl ContainerManager {
                 exec_id.to_string(),
                 Arc::new(init),
             )])),
+            // The cgroup is new, so its count starts at zero: a kill before the first poll
+            // (a process can run out of memory within milliseconds of start) still counts.
+            oom_kills_reported: std::sync::atomic::AtomicU64::new(0),
         };
         let container = Arc::new(container);
         self.watch_oom(&container);
@@ -410,20 +433,10 @@ impl ContainerManager {
         let weak = Arc::downgrade(container);
         let tx = self.oom_tx.clone();
         tokio::spawn(async move {
-            // The cgroup is new, so its count starts at zero: a kill before the first poll
-            // (a process can run out of memory within milliseconds of start) still counts.
-            let mut seen = Some(0);
             loop {
                 tokio::time::sleep(OOM_POLL).await;
                 let Some(c) = weak.upgrade() else { break };
-                let kills = c.cgroup.oom_kills();
-                if let (Some(before), Some(now)) = (seen, kills) {
-                    if now > before {
-                        tracing::info!(container = %c.id, "OOM kill in container");
-                        let _ = tx.send(c.id.clone());
-                    }
-                }
-                seen = kills.or(seen);
+                c.report_new_oom_kills(&tx);
             }
         });
     }
@@ -589,7 +602,10 @@ impl ContainerManager {
     pub async fn wait(&self, id: &str, exec_id: &str) -> Result<i32, ContainerError> {
         let c = self.get(id).await?;
         let p = c.process(exec_id)?;
-        p.wait(id).await
+        let status = p.wait(id).await;
+        // Before the exit reaches the shim, so its OOM event is not lost to a quick delete.
+        c.report_new_oom_kills(&self.oom_tx);
+        status
     }
 
     /// WriteStdin.
@@ -695,6 +711,7 @@ impl ContainerManager {
     }
 
     async fn teardown(&self, c: &Container) -> Result<(), ContainerError> {
+        c.report_new_oom_kills(&self.oom_tx);
         c.cgroup.kill_all();
         for p in c.all_processes() {
             p.kill_and_wait().await;
