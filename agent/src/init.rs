@@ -93,7 +93,7 @@ pub fn is_init() -> bool {
     std::process::id() == 1
 }
 
-/// Mounts /proc, /sys, /dev, /run and the cgroup v2 hierarchy (each skipped if it is already
+/// Mounts /proc, /sys, /dev, /dev/pts, /run and the cgroup v2 hierarchy (each skipped if it is already
 /// a mount, e.g. when the kernel auto-mounted devtmpfs).
 pub fn mount_kernel_filesystems() -> Result<(), InitError> {
     const MOUNTS: &[(&str, &str, &str, libc::c_ulong, &str)] = &[
@@ -112,6 +112,15 @@ pub fn mount_kernel_filesystems() -> Result<(), InitError> {
             "",
         ),
         ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
+        // Containers' terminals: openpty(3) opens /dev/ptmx, which fails with ENODEV while
+        // no devpts instance is mounted.
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "mode=0620,ptmxmode=0666",
+        ),
         (
             "tmpfs",
             "/run",
@@ -160,9 +169,7 @@ pub fn mount_kernel_filesystems() -> Result<(), InitError> {
             });
         }
     }
-    for dir in ["/dev/pts", "/dev/shm"] {
-        let _ = std::fs::create_dir_all(Path::new(dir));
-    }
+    let _ = std::fs::create_dir_all(Path::new("/dev/shm"));
     Ok(())
 }
 

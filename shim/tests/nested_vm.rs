@@ -118,6 +118,9 @@ fn the_vm_runs_in_a_jail(c: &Containerd) {
     c.assert_clean(&["jailed1"]);
 }
 
+/// Two CRI pods in VM sandboxes, one after the other: two containers sharing one pod VM, then
+/// a container the guest's OOM killer kills (its cgroup v2 memory.events), reported through CRI
+/// as `OOMKilled`.
 #[test]
 fn vm_sandbox_serves_a_two_container_cri_pod() {
     build_binaries();
@@ -134,8 +137,9 @@ fn vm_sandbox_serves_a_two_container_cri_pod() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(cri::two_containers_share_one_pod_sandbox(
-            &containerd_with_vm_sandboxes(),
-            0,
-        ));
+        .block_on(async {
+            let c = containerd_with_vm_sandboxes();
+            cri::two_containers_share_one_pod_sandbox(&c, 0).await;
+            cri::an_oom_killed_container_is_reported_as_such(&c).await;
+        });
 }
