@@ -218,9 +218,14 @@ async fn teardown(
     match cgroup {
         Some(cg) => {
             let cg = cg.to_path_buf();
-            tokio::task::spawn_blocking(move || crate::cleanup::kill_cgroup(&cg))
-                .await
-                .expect("cgroup task");
+            tokio::task::spawn_blocking(move || {
+                crate::cleanup::kill_cgroup(&cg);
+                for v1 in v1_copies(&cg) {
+                    crate::cleanup::kill_cgroup(&v1);
+                }
+            })
+            .await
+            .expect("cgroup task");
         }
         None => {
             // SAFETY: kill(2) on the agent's pid, which stays ours until our waiter reaps it.
@@ -250,7 +255,11 @@ async fn teardown(
 /// records on disk.
 pub fn teardown_from_records(id: &str, dir: &Path) {
     if let Some(cg) = cgroup_mount() {
-        crate::cleanup::kill_cgroup(&cg.join(format!("{CGROUP_PREFIX}{id}")));
+        let cg = cg.join(format!("{CGROUP_PREFIX}{id}"));
+        crate::cleanup::kill_cgroup(&cg);
+        for v1 in v1_copies(&cg) {
+            crate::cleanup::kill_cgroup(&v1);
+        }
     }
     for m in crate::cleanup::mounts_under(dir) {
         crate::cleanup::unmount(&m);
@@ -280,13 +289,34 @@ fn sandbox_cgroup(id: &str) -> Option<PathBuf> {
 
 /// The cgroup v2 mount point (from /proc/self/mountinfo).
 fn cgroup_mount() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split_whitespace().next() == Some("cgroup2"))
-            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
-            .flatten()
-    })
+    cgroup_mounts("cgroup2").into_iter().next()
+}
+
+/// Mount points of file systems of type `fs_type` (from /proc/self/mountinfo).
+fn cgroup_mounts(fs_type: &str) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next() == Some(fs_type))
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+                .flatten()
+        })
+        .collect()
+}
+
+/// On hybrid hosts (cgroup v1 controllers beside the v2 mount) the agent's libcontainer puts
+/// containers in v1 cgroups of the same relative path: the sandbox's directory in each v1
+/// hierarchy, which teardown removes too.
+fn v1_copies(sandbox_cgroup: &Path) -> Vec<PathBuf> {
+    let Some(name) = sandbox_cgroup.file_name() else {
+        return Vec::new();
+    };
+    cgroup_mounts("cgroup")
+        .into_iter()
+        .map(|mount| mount.join(name))
+        .filter(|dir| dir.is_dir())
+        .collect()
 }
 
 /// The agent binary: the configured path, else next to the shim, else on PATH.

@@ -210,3 +210,97 @@ pub async fn two_containers_share_one_pod_sandbox(c: &Containerd, host_agents: u
     remove_pod(&mut client, &pod_id).await;
     c.assert_clean(&[&pod_id]);
 }
+
+/// A container exceeding its memory limit is OOM-killed in the sandbox; the shim's TaskOOM
+/// event makes CRI report the reason `OOMKilled`.
+pub async fn an_oom_killed_container_is_reported_as_such(c: &Containerd) {
+    let mut client = connect(&c.address).await;
+    let logs = c.dir.path().join("oom-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod = pod_config("oompod", &logs);
+    let pod_id = run_pod(&mut client, &pod, "veil").await;
+    let config = ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: "hog".into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        command: [
+            "sh",
+            "-c",
+            "x=$(head -c 268435456 /dev/zero | tr '\\0' a); echo ${#x}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        log_path: "hog.log".into(),
+        linux: Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 16 << 20,
+                memory_swap_limit_in_bytes: 16 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let id = client
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    client
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    let mut status = None;
+    for _ in 0..600 {
+        let s = client
+            .container_status(ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .expect("a status");
+        if s.state == ContainerState::ContainerExited as i32 {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut status = status.expect("the memory hog exits within a minute");
+    // CRI sets the reason when the shim's TaskOOM event arrives, which may be just after the
+    // exit (as kubelet sees it on its next look): give it a few seconds.
+    for _ in 0..50 {
+        if status.reason == "OOMKilled" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        status = client
+            .container_status(ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .expect("a status");
+    }
+    assert_eq!(status.reason, "OOMKilled", "{status:?}\n{}", c.log_text());
+    remove_pod(&mut client, &pod_id).await;
+    c.assert_clean(&[&pod_id]);
+}

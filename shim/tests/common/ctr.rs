@@ -110,7 +110,12 @@ pub fn exec_runs_a_second_process_and_kill_stops_the_first(c: &Containerd) {
         .args(["task", "metrics", "long1"])
         .output()
         .unwrap();
-    assert!(metrics.status.success(), "{}", describe(&metrics));
+    assert!(
+        metrics.status.success(),
+        "{}\n{}",
+        describe(&metrics),
+        c.log_text()
+    );
     assert!(
         stdout_of(&metrics).contains("pids.current"),
         "{}",

@@ -436,6 +436,17 @@ state = "{state}"
                     left.push(format!("cgroup {}", dir.display()));
                 }
             }
+            // Hybrid hosts: the v1 hierarchies' copies (/sys/fs/cgroup/<controller>/...).
+            for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let dir = hierarchy.path().join(format!("veil-sandbox-{id}"));
+                if dir.is_dir() {
+                    left.push(format!("cgroup {}", dir.display()));
+                }
+            }
         }
         for dev in loops_backed_by(&self.image_cache) {
             left.push(format!("loop device {dev}"));
