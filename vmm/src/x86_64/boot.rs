@@ -6,11 +6,12 @@ use std::io::{Read, Seek, SeekFrom};
 use std::mem::size_of;
 use std::path::{Path, PathBuf};
 
-use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::bootparam::setup_header;
 use linux_loader::elf::{Elf64_Ehdr, Elf64_Phdr};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{BzImage, KernelLoader};
 use linux_loader::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use veil_snp::x86_boot::zero_page::{setup_header_magic, ZeroPage};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::*;
@@ -368,35 +369,20 @@ fn write_zero_page(
     map: &[E820Entry],
     initrd: Option<Initrd>,
 ) -> Result<(), BootError> {
-    const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
-    const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
-    const KERNEL_LOADER_OTHER: u8 = 0xff;
+    /// Alignment a kernel without a setup header of its own is taken to need.
     const KERNEL_MIN_ALIGNMENT: u32 = 0x100_0000;
-
-    let mut params = boot_params {
-        hdr: header.unwrap_or(setup_header {
-            boot_flag: KERNEL_BOOT_FLAG_MAGIC,
-            header: KERNEL_HDR_MAGIC,
+    let params = ZeroPage {
+        header: header.unwrap_or(setup_header {
             kernel_alignment: KERNEL_MIN_ALIGNMENT,
-            ..Default::default()
+            ..setup_header_magic()
         }),
-        ..Default::default()
-    };
-    params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline_len as u32;
-    if let Some(initrd) = initrd {
-        params.hdr.ramdisk_image = initrd.addr as u32;
-        params.hdr.ramdisk_size = initrd.len as u32;
+        e820: map,
+        cmdline_gpa: CMDLINE_START,
+        cmdline_len: cmdline_len as u32,
+        initrd: initrd.map(|i| (i.addr, i.len)),
+        cc_blob_gpa: 0,
     }
-    for (slot, e) in params.e820_table.iter_mut().zip(map) {
-        *slot = boot_e820_entry {
-            addr: e.addr,
-            size: e.size,
-            r#type: e.kind as u32,
-        };
-    }
-    params.e820_entries = map.len() as u8;
+    .boot_params();
     mem.write_obj(params, GuestAddress(ZERO_PAGE_START))?;
     Ok(())
 }
@@ -404,6 +390,7 @@ fn write_zero_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use linux_loader::bootparam::boot_params;
 
     fn memory(bytes: u64) -> GuestMemoryMmap {
         let ranges: Vec<_> = ram_regions(bytes)
