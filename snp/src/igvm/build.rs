@@ -28,7 +28,6 @@
 
 mod bsp;
 pub mod cc_blob;
-pub mod elf;
 mod igvm_file;
 pub mod layout;
 
@@ -38,6 +37,7 @@ use linux_loader::loader::bootparam::setup_header;
 use vm_memory::ByteValued;
 
 use crate::page_info::PAGE_SIZE;
+use crate::x86_boot::elf;
 use crate::x86_boot::page_tables::identity_page_tables;
 use crate::x86_boot::zero_page::{setup_header_magic, ZeroPage};
 use cc_blob::cc_blob_page;
@@ -54,6 +54,10 @@ pub const DEFAULT_C_BIT: u8 = 51;
 pub enum BuildError {
     #[error(transparent)]
     Elf(#[from] elf::ElfError),
+    #[error("kernel ELF is not an executable (e_type is not ET_EXEC)")]
+    NotExecutable,
+    #[error("kernel ELF has no PT_LOAD segment")]
+    NoSegments,
     #[error("kernel segment at {paddr:#x} is below 1 MiB, where the boot structures live")]
     SegmentTooLow { paddr: u64 },
     #[error("kernel segments overlap at {0:#x}")]
@@ -178,7 +182,7 @@ fn place(pages: &mut BTreeMap<u64, Page>, gpa: u64, data: &[u8], len: u64) {
 /// Loads the kernel's segments; returns the end of the highest one.
 fn place_kernel(
     pages: &mut BTreeMap<u64, Page>,
-    kernel: &elf::Kernel<'_>,
+    kernel: &elf::Image<'_>,
     ram_end: u64,
     mem_mib: u64,
 ) -> Result<u64, BuildError> {
@@ -201,8 +205,11 @@ fn place_kernel(
         ranges.push((seg.paddr, end));
         place(pages, seg.paddr, seg.file, seg.memsz);
     }
-    if !ranges.iter().any(|(s, e)| (*s..*e).contains(&kernel.entry)) {
-        return Err(BuildError::EntryOutside(kernel.entry));
+    if !ranges
+        .iter()
+        .any(|(s, e)| (*s..*e).contains(&kernel.entry()))
+    {
+        return Err(BuildError::EntryOutside(kernel.entry()));
     }
     Ok(ranges.iter().map(|r| r.1).max().unwrap_or(HIMEM_START))
 }
@@ -227,6 +234,12 @@ pub fn build_igvm(input: &BuildInput<'_>) -> Result<BuiltIgvm, BuildError> {
     }
     check_cmdline(input.cmdline)?;
     let kernel = elf::parse(input.kernel)?;
+    if kernel.headers.elf_type != elf::ET_EXEC {
+        return Err(BuildError::NotExecutable);
+    }
+    if kernel.segments.is_empty() {
+        return Err(BuildError::NoSegments);
+    }
     let mem_bytes = input.mem_mib << 20;
     let ram_end = low_ram_end(mem_bytes);
 
@@ -299,7 +312,7 @@ pub fn build_igvm(input: &BuildInput<'_>) -> Result<BuiltIgvm, BuildError> {
         zero_pages: count(&pages, |p| *p == Page::Zero),
         secrets_pages: count(&pages, |p| *p == Page::Secrets),
         cpuid_pages: count(&pages, |p| *p == Page::Cpuid),
-        entry: kernel.entry,
+        entry: kernel.entry(),
         initrd_gpa: initrd.map(|(gpa, _)| gpa),
     };
     tracing::info!(
@@ -308,7 +321,7 @@ pub fn build_igvm(input: &BuildInput<'_>) -> Result<BuiltIgvm, BuildError> {
         summary.data_bytes(),
         summary.zero_pages
     );
-    let bytes = igvm_file::serialize(pages, &map, input, kernel.entry)?;
+    let bytes = igvm_file::serialize(pages, &map, input, kernel.entry())?;
     Ok(BuiltIgvm { bytes, summary })
 }
 
@@ -367,6 +380,17 @@ mod tests {
         let huge = elf::synthetic(0x100_0000, &[(0x100_0000, &[1; 16], 64 << 20)]);
         let err = build_igvm(&input(&huge)).unwrap_err().to_string();
         assert!(err.contains("raise --mem-mib"), "{err}");
+        let mut shared_object = elf::synthetic(0x100_0000, &[(0x100_0000, &[1; 16], 16)]);
+        shared_object[16] = 3; // ET_DYN
+        assert!(matches!(
+            build_igvm(&input(&shared_object)),
+            Err(BuildError::NotExecutable)
+        ));
+        let empty = elf::synthetic(0x100_0000, &[]);
+        assert!(matches!(
+            build_igvm(&input(&empty)),
+            Err(BuildError::NoSegments)
+        ));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! They live here rather than in veil-vmm because veil-vmm depends on veil-snp, not the other
 //! way round; the zero page uses `linux_loader`'s `boot_params` rather than raw offsets.
+//! The kernel ELF reader is here too, the one reader every part of Veil uses.
 
+pub mod elf;
 pub mod gdt;
 pub mod layout;
 pub mod page_tables;

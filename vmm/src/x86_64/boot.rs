@@ -7,12 +7,12 @@ use std::mem::size_of;
 use std::path::{Path, PathBuf};
 
 use linux_loader::bootparam::setup_header;
-use linux_loader::elf::{Elf64_Ehdr, Elf64_Phdr};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{BzImage, KernelLoader};
 use linux_loader::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use veil_snp::x86_boot::elf;
 use veil_snp::x86_boot::zero_page::{setup_header_magic, ZeroPage};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::*;
 use super::regs::EntryMode;
@@ -75,9 +75,6 @@ pub struct LoadedKernel {
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const BZIMAGE_MAGIC_OFFSET: u64 = 0x202;
 const BZIMAGE_MAGIC: &[u8; 4] = b"HdrS";
-const ELF_CLASS_64: u8 = 2;
-const EM_X86_64: u16 = 62;
-const PT_LOAD: u32 = 1;
 
 fn read_err<'a>(
     what: &'static str,
@@ -145,38 +142,21 @@ pub fn load_kernel(
     }
 }
 
-/// Where the ELF's loadable segments end, checked to be an x86_64 executable.
+/// Where the ELF's loadable segments end, checked to be an x86_64 ELF whose segments lie in
+/// the file and above 1 MiB (linux-loader checks neither before writing guest memory).
 fn elf_extent(file: &mut File, path: &Path) -> Result<u64, BootError> {
-    let mut ehdr = Elf64_Ehdr::default();
-    file.rewind().map_err(read_err("kernel", path))?;
-    file.read_exact(ehdr.as_mut_slice())
-        .map_err(|_| corrupt(path, "truncated ELF header"))?;
-    if ehdr.e_ident[4] != ELF_CLASS_64 || ehdr.e_machine != EM_X86_64 {
-        return Err(corrupt(path, "not a 64-bit x86_64 ELF file"));
-    }
-    if usize::from(ehdr.e_phentsize) != size_of::<Elf64_Phdr>() || ehdr.e_phnum == 0 {
-        return Err(corrupt(path, "no usable program headers"));
-    }
-    file.seek(SeekFrom::Start(ehdr.e_phoff))
-        .map_err(|_| corrupt(path, "program headers out of the file"))?;
+    let file_len = file.metadata().map_err(read_err("kernel", path))?.len();
+    let headers = elf::read_headers(file, file_len).map_err(|e| corrupt(path, e))?;
     let mut end = 0u64;
-    for _ in 0..ehdr.e_phnum {
-        let mut phdr = Elf64_Phdr::default();
-        file.read_exact(phdr.as_mut_slice())
-            .map_err(|_| corrupt(path, "truncated program headers"))?;
-        if phdr.p_type == PT_LOAD {
-            let seg_end = phdr
-                .p_paddr
-                .checked_add(phdr.p_memsz)
-                .ok_or_else(|| corrupt(path, "segment address overflows"))?;
-            if phdr.p_paddr < HIMEM_START {
-                return Err(corrupt(
-                    path,
-                    format!("segment at {:#x} is below 1 MiB", phdr.p_paddr),
-                ));
-            }
-            end = end.max(seg_end);
+    for segment in headers.loads() {
+        if segment.paddr < HIMEM_START {
+            return Err(corrupt(
+                path,
+                format!("segment at {:#x} is below 1 MiB", segment.paddr),
+            ));
         }
+        // read_headers checked that this does not overflow.
+        end = end.max(segment.paddr + segment.mem_size);
     }
     if end == 0 {
         return Err(corrupt(path, "no loadable segments"));
