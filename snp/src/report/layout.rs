@@ -1,5 +1,8 @@
 //! Byte layout of the 0x4A0-byte attestation report. The report is kept as its exact bytes
 //! (reserved areas included) so that verification hashes precisely what the firmware signed.
+//! The `sev` crate's `AttestationReport` is a decoded struct that re-encodes its fields;
+//! `tests/report.rs` checks every field read here against it. Reading the fields through it
+//! instead of these offsets is possible but not done yet.
 
 use super::SIG_ALGO_ECDSA_P384_SHA384;
 
