@@ -1,8 +1,10 @@
 //! Byte layout of the 0x4A0-byte attestation report. The report is kept as its exact bytes
 //! (reserved areas included) so that verification hashes precisely what the firmware signed.
-//! The `sev` crate's `AttestationReport` is a decoded struct that re-encodes its fields;
-//! `tests/report.rs` checks every field read here against it. Reading the fields through it
-//! instead of these offsets is possible but not done yet.
+//! Not the `sev` crate's `AttestationReport` (which `tests/report.rs` checks these fields
+//! against): it is a decoded struct that re-encodes its fields rather than the signed bytes,
+//! and sev 8's decoder refuses reports it cannot place in a CPU generation: a version 2
+//! report with a masked chip ID (policy MASK_CHIP_ID), or a v3+ report from a family/model it
+//! does not know.
 
 use super::SIG_ALGO_ECDSA_P384_SHA384;
 
