@@ -96,16 +96,16 @@ pub fn run(elf: &[u8], mem_mib: u64, console: &mut dyn Write) -> Result<FloorEnd
     for s in &elf.segments {
         let outside = || FloorError::SegmentOutside {
             paddr: s.paddr,
-            size: s.mem_size,
+            size: s.memsz,
             mib: mem_mib,
         };
-        let end = s.paddr.checked_add(s.mem_size).ok_or_else(outside)?;
+        let end = s.paddr.checked_add(s.memsz).ok_or_else(outside)?;
         if end > mem_bytes {
             return Err(outside());
         }
         // Fresh anonymous memory is zero: only the file part needs writing.
         memory
-            .write_slice(s.data, GuestAddress(s.paddr))
+            .write_slice(s.file, GuestAddress(s.paddr))
             .map_err(|_| outside())?;
     }
     let mut vcpu = vm.create_vcpu(0).map_err(kvm("create a vCPU"))?;

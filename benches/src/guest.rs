@@ -179,10 +179,10 @@ mod tests {
             let bytes = std::fs::read(&path).unwrap();
             let elf = PvhElf::parse(&bytes).unwrap();
             assert_eq!(elf.pvh_entry, 0x10_0000, "{guest:?}: entry is _start");
-            let loaded: usize = elf.segments.iter().map(|s| s.data.len()).sum();
+            let loaded: usize = elf.segments.iter().map(|s| s.file.len()).sum();
             assert!(loaded < 128, "{guest:?} grew to {loaded} bytes");
             let text = guest.greeting().as_bytes();
-            let image = &elf.segments[0].data;
+            let image = &elf.segments[0].file;
             assert!(image.windows(text.len()).any(|w| w == text));
         }
     }

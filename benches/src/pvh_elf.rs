@@ -1,23 +1,13 @@
-//! Just enough ELF64 reading for the floor program: the loadable segments and the Xen PVH
-//! entry note. The file is untrusted input: every offset and size is checked against it.
+//! The floor program's PVH guest: its loadable segments (read by Veil's one ELF reader,
+//! `veil_snp::x86_boot::elf`) and the Xen PVH entry note, which only the floor looks for
+//! itself (the VMM gets it from linux-loader). The file is untrusted input: every offset and
+//! size is checked against it.
+
+pub use veil_snp::x86_boot::elf::Segment;
+use veil_snp::x86_boot::elf::{self, Image};
 
 /// ELF note type of the PVH 32-bit entry point (XEN_ELFNOTE_PHYS32_ENTRY).
 pub const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
-/// More program headers than this is not a guest the floor is meant for.
-pub const MAX_PROGRAM_HEADERS: usize = 64;
-
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
-const PHDR_SIZE: usize = 56;
-
-/// A loadable segment: `data` goes at guest physical `paddr`, followed by zeros up to
-/// `mem_size`.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Segment<'a> {
-    pub paddr: u64,
-    pub data: &'a [u8],
-    pub mem_size: u64,
-}
 
 /// A PVH-bootable ELF.
 #[derive(Debug)]
@@ -29,39 +19,12 @@ pub struct PvhElf<'a> {
 /// What makes a file unusable as a PVH guest.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ElfError {
-    #[error("not a little-endian ELF64 file (bad magic, class or byte order)")]
-    NotElf64,
-    #[error("the ELF header is cut short: {len} bytes")]
-    Truncated { len: usize },
-    #[error("program header entry size {0} is not the ELF64 size 56")]
-    PhentSize(u16),
-    #[error("{0} program headers: more than the {MAX_PROGRAM_HEADERS} accepted")]
-    TooManyHeaders(u16),
-    #[error(
-        "{what} at file offset {offset:#x}, {len} bytes, lies outside the {file_len}-byte file"
-    )]
-    OutOfFile {
-        what: &'static str,
-        offset: u64,
-        len: u64,
-        file_len: usize,
-    },
-    #[error(
-        "segment at {paddr:#x} has memory size {mem_size} smaller than its file size {file_size}"
-    )]
-    SegmentSizes {
-        paddr: u64,
-        mem_size: u64,
-        file_size: u64,
-    },
+    #[error(transparent)]
+    Elf(#[from] elf::ElfError),
     #[error("no Xen PVH entry note (type 18) in any PT_NOTE segment")]
     NoPvhNote,
     #[error("malformed note at file offset {0:#x}")]
     BadNote(usize),
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -72,81 +35,16 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// `file[offset..offset + len]`, or an error naming `what` lies outside.
-fn slice<'a>(
-    file: &'a [u8],
-    what: &'static str,
-    offset: u64,
-    len: u64,
-) -> Result<&'a [u8], ElfError> {
-    let out = || ElfError::OutOfFile {
-        what,
-        offset,
-        len,
-        file_len: file.len(),
-    };
-    let start = usize::try_from(offset).map_err(|_| out())?;
-    let end = start
-        .checked_add(usize::try_from(len).map_err(|_| out())?)
-        .ok_or_else(out)?;
-    file.get(start..end).ok_or_else(out)
-}
-
 impl<'a> PvhElf<'a> {
     /// Reads the segments and the PVH entry of `file`.
     pub fn parse(file: &'a [u8]) -> Result<Self, ElfError> {
-        if file.len() < 64 {
-            return Err(ElfError::Truncated { len: file.len() });
-        }
-        if file[..4] != *b"\x7fELF" || file[4] != 2 || file[5] != 1 {
-            return Err(ElfError::NotElf64);
-        }
-        let phoff = u64_at(file, 0x20);
-        let phentsize = u16_at(file, 0x36);
-        let phnum = u16_at(file, 0x38);
-        if usize::from(phentsize) != PHDR_SIZE {
-            return Err(ElfError::PhentSize(phentsize));
-        }
-        if usize::from(phnum) > MAX_PROGRAM_HEADERS {
-            return Err(ElfError::TooManyHeaders(phnum));
-        }
-        let table = slice(
-            file,
-            "program header table",
-            phoff,
-            u64::from(phnum) * PHDR_SIZE as u64,
-        )?;
-        let mut segments = Vec::new();
+        let Image {
+            segments, notes, ..
+        } = elf::parse(file)?;
         let mut pvh_entry = None;
-        for ph in table.chunks_exact(PHDR_SIZE) {
-            let kind = u32_at(ph, 0);
-            let offset = u64_at(ph, 8);
-            let paddr = u64_at(ph, 24);
-            let file_size = u64_at(ph, 32);
-            let mem_size = u64_at(ph, 40);
-            match kind {
-                PT_LOAD => {
-                    if mem_size < file_size {
-                        return Err(ElfError::SegmentSizes {
-                            paddr,
-                            mem_size,
-                            file_size,
-                        });
-                    }
-                    let data = slice(file, "loadable segment", offset, file_size)?;
-                    segments.push(Segment {
-                        paddr,
-                        data,
-                        mem_size,
-                    });
-                }
-                PT_NOTE => {
-                    let notes = slice(file, "note segment", offset, file_size)?;
-                    if let Some(entry) = find_pvh_entry(notes, offset as usize)? {
-                        pvh_entry = Some(entry);
-                    }
-                }
-                _ => {}
+        for (offset, contents) in notes {
+            if let Some(entry) = find_pvh_entry(contents, offset as usize)? {
+                pvh_entry = Some(entry);
             }
         }
         Ok(Self {
@@ -193,6 +91,8 @@ fn find_pvh_entry(notes: &[u8], base: usize) -> Result<Option<u32>, ElfError> {
 mod tests {
     use super::*;
 
+    const PHDR_SIZE: usize = 56;
+
     /// A hand-made ELF64: one PT_LOAD of `code` at 1 MiB and one PT_NOTE holding `note`.
     fn elf(code: &[u8], note: &[u8]) -> Vec<u8> {
         let phoff = 64u64;
@@ -200,12 +100,13 @@ mod tests {
         let note_off = code_off + code.len() as u64;
         let mut f = vec![0u8; 64];
         f[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        f[0x12..0x14].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
         f[0x20..0x28].copy_from_slice(&phoff.to_le_bytes());
         f[0x36..0x38].copy_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
         f[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
         for (kind, off, len) in [
-            (PT_LOAD, code_off, code.len() as u64),
-            (PT_NOTE, note_off, note.len() as u64),
+            (elf::PT_LOAD, code_off, code.len() as u64),
+            (elf::PT_NOTE, note_off, note.len() as u64),
         ] {
             let mut ph = [0u8; PHDR_SIZE];
             ph[0..4].copy_from_slice(&kind.to_le_bytes());
@@ -243,8 +144,8 @@ mod tests {
             parsed.segments,
             vec![Segment {
                 paddr: 0x10_0000,
-                data: &[0xf4, 0x90],
-                mem_size: 18
+                file: &[0xf4, 0x90],
+                memsz: 18
             }]
         );
     }
@@ -262,23 +163,25 @@ mod tests {
         let file = elf(&[0xf4], &note(b"Xen\0", 17, &[0; 4]));
         assert_eq!(PvhElf::parse(&file).unwrap_err(), ElfError::NoPvhNote);
         assert_eq!(
-            PvhElf::parse(&[0x7f; 10]).unwrap_err(),
-            ElfError::Truncated { len: 10 }
+            PvhElf::parse(b"\x7fELF\x02\x01").unwrap_err(),
+            ElfError::Elf(elf::ElfError::Malformed("truncated ELF header"))
         );
         let mut file = elf(&[0xf4], &note(b"Xen\0", 18, &[0; 4]));
         file[4] = 1; // ELF32
-        assert_eq!(PvhElf::parse(&file).unwrap_err(), ElfError::NotElf64);
+        assert_eq!(
+            PvhElf::parse(&file).unwrap_err(),
+            ElfError::Elf(elf::ElfError::WrongKind)
+        );
         let mut file = elf(&[0xf4], &note(b"Xen\0", 18, &[0; 4]));
         // First program header's file size: far past the end of the file.
-        file[64 + 32..64 + 40].copy_from_slice(&u64::MAX.to_le_bytes());
-        file[64 + 40..64 + 48].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(
-            PvhElf::parse(&file),
-            Err(ElfError::OutOfFile {
-                what: "loadable segment",
-                ..
-            })
-        ));
+        file[64 + 32..64 + 40].copy_from_slice(&0x1000_0000u64.to_le_bytes());
+        file[64 + 40..64 + 48].copy_from_slice(&0x1000_0000u64.to_le_bytes());
+        assert_eq!(
+            PvhElf::parse(&file).unwrap_err(),
+            ElfError::Elf(elf::ElfError::Malformed(
+                "segment data lies outside the file"
+            ))
+        );
         let mut bad_note = note(b"Xen\0", 18, &[0; 4]);
         bad_note[4..8].copy_from_slice(&0xffff_fff0u32.to_le_bytes()); // desc size
         let file = elf(&[0xf4], &bad_note);

@@ -16,6 +16,7 @@ pub mod page_info;
 pub mod policy;
 pub mod report;
 pub mod vmsa;
+pub mod x86_boot;
 
 pub use digest::{DigestError, LaunchDigest};
 pub use page_info::{PageInfo, PageType, DIGEST_SIZE, PAGE_SIZE, VMSA_GPA};

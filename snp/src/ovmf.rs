@@ -2,6 +2,14 @@
 //! firmware volume mapped to end at 4 GiB measured as NORMAL pages, then the pages OVMF's SEV
 //! metadata asks for, then one VMSA per vCPU (BSP at the reset vector, APs at the address of
 //! the SEV-ES reset block).
+//!
+//! The `sev` crate computes the same digest (`sev::measurement::snp::snp_calc_launch_digest`,
+//! with `ovmf::OVMF` and `sev_hashes`), and `tests/conformance.rs` checks this module equals it.
+//! It is not used here because its OVMF parser only reads a file by path, whole and unbounded,
+//! and slices the image at offsets taken from the image without checking them
+//! (`OvmfSevMetadataHeader::bytes_from_offset`): a corrupt firmware file would panic the
+//! VMM, where this parser bounds the image and names what is wrong. Its digest is also one
+//! serial SHA-384 per page, where [`LaunchDigest`] streams large ranges on all cores.
 
 use crate::cpu_types::{signature_of, CpuTypeError};
 use crate::digest::{DigestError, LaunchDigest};

@@ -1,5 +1,9 @@
 //! The ID block and its authentication information (AMD SNP ABI, SNP_LAUNCH_FINISH): a
 //! guest owner's signed statement of the expected launch digest and policy.
+//!
+//! Ours, not the `sev` crate's: `sev` 8 has the ID block and auth block types
+//! (`measurement::idblock_types`) and their signing only with its `openssl` feature, which
+//! Veil does not enable (it builds `sev` with `crypto_nossl`, without a C crypto library).
 
 use p384::ecdsa::signature::Verifier;
 use p384::ecdsa::{Signature, VerifyingKey};

@@ -26,18 +26,22 @@
 //! as is the command line: the host cannot change either without changing the digest. The
 //! VMM must give the guest exactly that much RAM (the file's RequiredMemory directives).
 
-pub mod boot_tables;
 mod bsp;
-pub mod elf;
+pub mod cc_blob;
 mod igvm_file;
 pub mod layout;
-pub mod zero_page;
 
 use std::collections::BTreeMap;
 
+use linux_loader::loader::bootparam::setup_header;
+use vm_memory::ByteValued;
+
 use crate::page_info::PAGE_SIZE;
+use crate::x86_boot::elf;
+use crate::x86_boot::page_tables::identity_page_tables;
+use crate::x86_boot::zero_page::{setup_header_magic, ZeroPage};
+use cc_blob::cc_blob_page;
 use layout::*;
-use zero_page::{cc_blob_page, E820Type, ZeroPage};
 
 /// Largest memory size accepted (every RAM page is one page directive in the file).
 pub const MAX_MEM_MIB: u64 = 16 << 10;
@@ -50,6 +54,10 @@ pub const DEFAULT_C_BIT: u8 = 51;
 pub enum BuildError {
     #[error(transparent)]
     Elf(#[from] elf::ElfError),
+    #[error("kernel ELF is not an executable (e_type is not ET_EXEC)")]
+    NotExecutable,
+    #[error("kernel ELF has no PT_LOAD segment")]
+    NoSegments,
     #[error("kernel segment at {paddr:#x} is below 1 MiB, where the boot structures live")]
     SegmentTooLow { paddr: u64 },
     #[error("kernel segments overlap at {0:#x}")]
@@ -174,7 +182,7 @@ fn place(pages: &mut BTreeMap<u64, Page>, gpa: u64, data: &[u8], len: u64) {
 /// Loads the kernel's segments; returns the end of the highest one.
 fn place_kernel(
     pages: &mut BTreeMap<u64, Page>,
-    kernel: &elf::Kernel<'_>,
+    kernel: &elf::Image<'_>,
     ram_end: u64,
     mem_mib: u64,
 ) -> Result<u64, BuildError> {
@@ -197,8 +205,11 @@ fn place_kernel(
         ranges.push((seg.paddr, end));
         place(pages, seg.paddr, seg.file, seg.memsz);
     }
-    if !ranges.iter().any(|(s, e)| (*s..*e).contains(&kernel.entry)) {
-        return Err(BuildError::EntryOutside(kernel.entry));
+    if !ranges
+        .iter()
+        .any(|(s, e)| (*s..*e).contains(&kernel.entry()))
+    {
+        return Err(BuildError::EntryOutside(kernel.entry()));
     }
     Ok(ranges.iter().map(|r| r.1).max().unwrap_or(HIMEM_START))
 }
@@ -223,6 +234,12 @@ pub fn build_igvm(input: &BuildInput<'_>) -> Result<BuiltIgvm, BuildError> {
     }
     check_cmdline(input.cmdline)?;
     let kernel = elf::parse(input.kernel)?;
+    if kernel.headers.elf_type != elf::ET_EXEC {
+        return Err(BuildError::NotExecutable);
+    }
+    if kernel.segments.is_empty() {
+        return Err(BuildError::NoSegments);
+    }
     let mem_bytes = input.mem_mib << 20;
     let ram_end = low_ram_end(mem_bytes);
 
@@ -249,8 +266,9 @@ pub fn build_igvm(input: &BuildInput<'_>) -> Result<BuiltIgvm, BuildError> {
 
     let map = e820_map(mem_bytes);
     let zero = ZeroPage {
+        header: setup_header(),
         e820: &map,
-        cmdline_gpa: CMDLINE_GPA,
+        cmdline_gpa: CMDLINE_START,
         cmdline_len: input.cmdline.len() as u32,
         initrd,
         cc_blob_gpa: CC_BLOB_GPA as u32,
@@ -258,24 +276,27 @@ pub fn build_igvm(input: &BuildInput<'_>) -> Result<BuiltIgvm, BuildError> {
     let mut cmdline = input.cmdline.as_bytes().to_vec();
     cmdline.push(0);
     let fixed = [
-        (GDT_GPA, Page::Normal(boot_tables::gdt_page())),
+        (GDT_GPA, Page::Normal(bsp::gdt_page())),
         (
             CC_BLOB_GPA,
             Page::Normal(cc_blob_page(SECRETS_GPA, CPUID_GPA)),
         ),
         (SECRETS_GPA, Page::Secrets),
         (CPUID_GPA, Page::Cpuid),
-        (ZERO_PAGE_GPA, Page::Normal(zero.to_page())),
+        (
+            ZERO_PAGE_START,
+            Page::Normal(zero.boot_params().as_slice().to_vec()),
+        ),
     ];
     pages.extend(fixed);
-    place(&mut pages, CMDLINE_GPA, &cmdline, cmdline.len() as u64);
-    let tables = boot_tables::identity_page_tables(PML4_GPA, Some(input.c_bit));
+    place(&mut pages, CMDLINE_START, &cmdline, cmdline.len() as u64);
+    let tables = identity_page_tables(PML4_START, Some(input.c_bit));
     for (i, table) in tables.into_iter().enumerate() {
-        pages.insert(PML4_GPA + i as u64 * PAGE_SIZE, Page::Normal(table));
+        pages.insert(PML4_START + i as u64 * PAGE_SIZE, Page::Normal(table));
     }
 
     // Every other RAM page is launched as a page of zeros; so are all-zero data pages.
-    for e in map.iter().filter(|e| e.kind == E820Type::Ram) {
+    for e in map.iter().filter(|e| e.kind == E820Kind::Ram) {
         for gpa in (e.addr..e.addr + e.size).step_by(PAGE_SIZE as usize) {
             pages.entry(gpa).or_insert(Page::Zero);
         }
@@ -291,7 +312,7 @@ pub fn build_igvm(input: &BuildInput<'_>) -> Result<BuiltIgvm, BuildError> {
         zero_pages: count(&pages, |p| *p == Page::Zero),
         secrets_pages: count(&pages, |p| *p == Page::Secrets),
         cpuid_pages: count(&pages, |p| *p == Page::Cpuid),
-        entry: kernel.entry,
+        entry: kernel.entry(),
         initrd_gpa: initrd.map(|(gpa, _)| gpa),
     };
     tracing::info!(
@@ -300,8 +321,21 @@ pub fn build_igvm(input: &BuildInput<'_>) -> Result<BuiltIgvm, BuildError> {
         summary.data_bytes(),
         summary.zero_pages
     );
-    let bytes = igvm_file::serialize(pages, &map, input, kernel.entry)?;
+    let bytes = igvm_file::serialize(pages, &map, input, kernel.entry())?;
     Ok(BuiltIgvm { bytes, summary })
+}
+
+/// The zero page's setup header for a vmlinux, which brings none: boot protocol 2.15 (the
+/// first with `cc_blob_address` and the `ext_*` fields), LOADED_HIGH (the kernel is above
+/// 1 MiB).
+fn setup_header() -> setup_header {
+    const BOOT_PROTOCOL_2_15: u16 = 0x020f;
+    const LOADFLAGS_LOADED_HIGH: u8 = 0x01;
+    setup_header {
+        version: BOOT_PROTOCOL_2_15,
+        loadflags: LOADFLAGS_LOADED_HIGH,
+        ..setup_header_magic()
+    }
 }
 
 fn count(pages: &BTreeMap<u64, Page>, pred: impl Fn(&Page) -> bool) -> u64 {
@@ -346,6 +380,17 @@ mod tests {
         let huge = elf::synthetic(0x100_0000, &[(0x100_0000, &[1; 16], 64 << 20)]);
         let err = build_igvm(&input(&huge)).unwrap_err().to_string();
         assert!(err.contains("raise --mem-mib"), "{err}");
+        let mut shared_object = elf::synthetic(0x100_0000, &[(0x100_0000, &[1; 16], 16)]);
+        shared_object[16] = 3; // ET_DYN
+        assert!(matches!(
+            build_igvm(&input(&shared_object)),
+            Err(BuildError::NotExecutable)
+        ));
+        let empty = elf::synthetic(0x100_0000, &[]);
+        assert!(matches!(
+            build_igvm(&input(&empty)),
+            Err(BuildError::NoSegments)
+        ));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use kvm_ioctls::VmFd;
 
 use super::page_state::MemoryBackend;
-use super::uapi::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+use kvm_bindings::KVM_MEMORY_ATTRIBUTE_PRIVATE;
 
 /// One guest RAM range with both backings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,7 +109,7 @@ impl MemoryBackend for KvmGuestMemory {
             address: gpa,
             size,
             attributes: if private {
-                KVM_MEMORY_ATTRIBUTE_PRIVATE
+                u64::from(KVM_MEMORY_ATTRIBUTE_PRIVATE)
             } else {
                 0
             },
@@ -126,7 +126,7 @@ impl MemoryBackend for KvmGuestMemory {
 /// Enables KVM_CAP_EXIT_HYPERCALL for KVM_HC_MAP_GPA_RANGE so conversions reach the VMM.
 pub fn enable_map_gpa_range_exits(vm: &VmFd) -> Result<(), i32> {
     let cap = kvm_bindings::kvm_enable_cap {
-        cap: super::uapi::KVM_CAP_EXIT_HYPERCALL,
+        cap: kvm_bindings::KVM_CAP_EXIT_HYPERCALL,
         args: [1 << super::uapi::KVM_HC_MAP_GPA_RANGE, 0, 0, 0],
         ..Default::default()
     };

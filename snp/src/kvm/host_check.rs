@@ -5,7 +5,7 @@ use std::fmt;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
-use super::uapi::{KVM_CAP_VM_TYPES, KVM_X86_SNP_VM};
+use kvm_bindings::{KVM_CAP_VM_TYPES, KVM_X86_SNP_VM};
 
 /// One prerequisite the host lacks.
 #[derive(Clone, Debug, PartialEq, Eq)]

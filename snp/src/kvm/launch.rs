@@ -9,9 +9,15 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
+use kvm_bindings::{
+    kvm_memory_attributes, kvm_sev_cmd, kvm_sev_init, kvm_sev_snp_launch_finish,
+    kvm_sev_snp_launch_start, kvm_sev_snp_launch_update, sev_cmd_id_KVM_SEV_INIT2,
+    sev_cmd_id_KVM_SEV_SNP_LAUNCH_FINISH, sev_cmd_id_KVM_SEV_SNP_LAUNCH_START,
+    sev_cmd_id_KVM_SEV_SNP_LAUNCH_UPDATE, KVM_MEMORY_ATTRIBUTE_PRIVATE,
+};
 use kvm_ioctls::VmFd;
 
-use super::uapi::*;
+use super::uapi::SVM_SEV_FEAT_SNP_ACTIVE;
 use crate::cpuid_page::CpuidPage;
 use crate::digest::DigestError;
 use crate::firmware::{FirmwareError, LaunchFinish, LaunchFirmware};
@@ -32,12 +38,12 @@ pub struct SevOpError {
 
 /// The commands a launch issues; implemented by [`KvmSevVm`] and by fakes in tests.
 pub trait SevCommands {
-    fn sev_init2(&mut self, init: &mut KvmSevInit) -> Result<(), SevOpError>;
-    fn launch_start(&mut self, start: &mut KvmSevSnpLaunchStart) -> Result<(), SevOpError>;
+    fn sev_init2(&mut self, init: &mut kvm_sev_init) -> Result<(), SevOpError>;
+    fn launch_start(&mut self, start: &mut kvm_sev_snp_launch_start) -> Result<(), SevOpError>;
     /// Issues LAUNCH_UPDATE once; the kernel updates `update` to show its progress.
-    fn launch_update(&mut self, update: &mut KvmSevSnpLaunchUpdate) -> Result<(), SevOpError>;
-    fn launch_finish(&mut self, finish: &mut KvmSevSnpLaunchFinish) -> Result<(), SevOpError>;
-    fn set_memory_attributes(&mut self, attrs: &KvmMemoryAttributes) -> Result<(), SevOpError>;
+    fn launch_update(&mut self, update: &mut kvm_sev_snp_launch_update) -> Result<(), SevOpError>;
+    fn launch_finish(&mut self, finish: &mut kvm_sev_snp_launch_finish) -> Result<(), SevOpError>;
+    fn set_memory_attributes(&mut self, attrs: &kvm_memory_attributes) -> Result<(), SevOpError>;
 }
 
 /// A KVM SNP VM (created with type [`KVM_X86_SNP_VM`]) and the SEV device.
@@ -53,16 +59,16 @@ impl<'a> KvmSevVm<'a> {
     }
 
     fn op<T>(&self, id: u32, data: &mut T) -> Result<(), SevOpError> {
-        let mut cmd = KvmSevCmd {
+        let mut cmd = kvm_sev_cmd {
             id,
             data: data as *mut T as u64,
             sev_fd: self.sev.as_raw_fd() as u32,
-            ..KvmSevCmd::default()
+            ..kvm_sev_cmd::default()
         };
-        // SAFETY: `cmd` is a valid kvm_sev_cmd whose `data` points at a live, exclusively
-        // borrowed structure of the type the sub-command `id` expects (the callers pair them);
-        // both outlive the ioctl, and the kernel writes only within them.
-        let result = unsafe { self.vm.encrypt_op(&mut cmd as *mut KvmSevCmd) };
+        // `data` points at a live, exclusively borrowed structure of the type the sub-command
+        // `id` expects (the callers pair them), which outlives the ioctl: the kernel reads and
+        // writes only within it and within `cmd`.
+        let result = self.vm.encrypt_op_sev(&mut cmd);
         result.map_err(|e| SevOpError {
             errno: e.errno(),
             fw_error: cmd.error,
@@ -71,19 +77,19 @@ impl<'a> KvmSevVm<'a> {
 }
 
 impl SevCommands for KvmSevVm<'_> {
-    fn sev_init2(&mut self, init: &mut KvmSevInit) -> Result<(), SevOpError> {
-        self.op(KVM_SEV_INIT2, init)
+    fn sev_init2(&mut self, init: &mut kvm_sev_init) -> Result<(), SevOpError> {
+        self.op(sev_cmd_id_KVM_SEV_INIT2, init)
     }
-    fn launch_start(&mut self, start: &mut KvmSevSnpLaunchStart) -> Result<(), SevOpError> {
-        self.op(KVM_SEV_SNP_LAUNCH_START, start)
+    fn launch_start(&mut self, start: &mut kvm_sev_snp_launch_start) -> Result<(), SevOpError> {
+        self.op(sev_cmd_id_KVM_SEV_SNP_LAUNCH_START, start)
     }
-    fn launch_update(&mut self, update: &mut KvmSevSnpLaunchUpdate) -> Result<(), SevOpError> {
-        self.op(KVM_SEV_SNP_LAUNCH_UPDATE, update)
+    fn launch_update(&mut self, update: &mut kvm_sev_snp_launch_update) -> Result<(), SevOpError> {
+        self.op(sev_cmd_id_KVM_SEV_SNP_LAUNCH_UPDATE, update)
     }
-    fn launch_finish(&mut self, finish: &mut KvmSevSnpLaunchFinish) -> Result<(), SevOpError> {
-        self.op(KVM_SEV_SNP_LAUNCH_FINISH, finish)
+    fn launch_finish(&mut self, finish: &mut kvm_sev_snp_launch_finish) -> Result<(), SevOpError> {
+        self.op(sev_cmd_id_KVM_SEV_SNP_LAUNCH_FINISH, finish)
     }
-    fn set_memory_attributes(&mut self, attrs: &KvmMemoryAttributes) -> Result<(), SevOpError> {
+    fn set_memory_attributes(&mut self, attrs: &kvm_memory_attributes) -> Result<(), SevOpError> {
         let attr = kvm_bindings::kvm_memory_attributes {
             address: attrs.address,
             size: attrs.size,
@@ -122,9 +128,9 @@ impl<C: SevCommands> KvmSnpFirmware<C> {
     /// KVM_SEV_INIT2 with the VMSA features (SEV_FEATURES) every vCPU will get; must run
     /// before any vCPU is created. SNP_ACTIVE is implied by the VM type and not passed.
     pub fn init(&mut self, vmsa_features: u64) -> Result<(), FirmwareError> {
-        let mut init = KvmSevInit {
+        let mut init = kvm_sev_init {
             vmsa_features: vmsa_features & !SVM_SEV_FEAT_SNP_ACTIVE,
-            ..KvmSevInit::default()
+            ..kvm_sev_init::default()
         };
         self.cmds
             .sev_init2(&mut init)
@@ -135,7 +141,7 @@ impl<C: SevCommands> KvmSnpFirmware<C> {
         &self.cmds
     }
 
-    fn update_loop(&mut self, update: &mut KvmSevSnpLaunchUpdate) -> Result<(), FirmwareError> {
+    fn update_loop(&mut self, update: &mut kvm_sev_snp_launch_update) -> Result<(), FirmwareError> {
         let mut stalls = 0;
         let mut cpuid_retried = false;
         while update.len != 0 {
@@ -144,7 +150,7 @@ impl<C: SevCommands> KvmSnpFirmware<C> {
                 Ok(()) => {}
                 Err(e) if e.errno == libc::EAGAIN => {}
                 Err(e)
-                    if update.page_type == PageType::Cpuid as u8
+                    if update.type_ == PageType::Cpuid as u8
                         && e.errno == libc::EIO
                         && !cpuid_retried =>
                 {
@@ -227,9 +233,9 @@ impl<C: SevCommands> LaunchFirmware for KvmSnpFirmware<C> {
     }
 
     fn launch_start(&mut self, policy: GuestPolicy) -> Result<(), FirmwareError> {
-        let mut start = KvmSevSnpLaunchStart {
+        let mut start = kvm_sev_snp_launch_start {
             policy: policy.raw(),
-            ..KvmSevSnpLaunchStart::default()
+            ..kvm_sev_snp_launch_start::default()
         };
         self.cmds
             .launch_start(&mut start)
@@ -266,10 +272,10 @@ impl<C: SevCommands> LaunchFirmware for KvmSnpFirmware<C> {
             .into());
         }
         // Pages must be private before the firmware can take them.
-        let attrs = KvmMemoryAttributes {
+        let attrs = kvm_memory_attributes {
             address: gpa,
             size: len,
-            attributes: KVM_MEMORY_ATTRIBUTE_PRIVATE,
+            attributes: u64::from(KVM_MEMORY_ATTRIBUTE_PRIVATE),
             flags: 0,
         };
         self.cmds
@@ -280,14 +286,14 @@ impl<C: SevCommands> LaunchFirmware for KvmSnpFirmware<C> {
         // staged page-aligned; what the firmware writes back (a corrected CPUID page) is
         // copied back into `data`.
         let mut staging = (page_type != PageType::Zero).then(|| AlignedPages::copy_of(data));
-        let mut update = KvmSevSnpLaunchUpdate {
+        let mut update = kvm_sev_snp_launch_update {
             gfn_start: gpa / PAGE_SIZE,
             uaddr: staging
                 .as_mut()
                 .map_or(0, |s| s.as_mut_bytes().as_mut_ptr() as u64),
             len,
-            page_type: page_type as u8,
-            ..KvmSevSnpLaunchUpdate::default()
+            type_: page_type as u8,
+            ..kvm_sev_snp_launch_update::default()
         };
         self.update_loop(&mut update)?;
         if let Some(staging) = staging.as_mut() {
@@ -315,9 +321,9 @@ impl<C: SevCommands> LaunchFirmware for KvmSnpFirmware<C> {
         // Kept alive until the ioctl returns: KVM reads them through the addresses.
         let id_block = finish.id.as_ref().map(|(b, _)| b.to_bytes());
         let id_auth = finish.id.as_ref().map(|(_, a)| a.clone());
-        let mut args = KvmSevSnpLaunchFinish {
+        let mut args = kvm_sev_snp_launch_finish {
             host_data: finish.host_data,
-            ..KvmSevSnpLaunchFinish::default()
+            ..kvm_sev_snp_launch_finish::default()
         };
         if let (Some(block), Some(auth)) = (&id_block, &id_auth) {
             args.id_block_uaddr = block.as_ptr() as u64;
@@ -334,6 +340,7 @@ impl<C: SevCommands> LaunchFirmware for KvmSnpFirmware<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kvm::uapi::SVM_SEV_FEAT_DEBUG_SWAP;
     use std::collections::VecDeque;
 
     /// Scripted answers for LAUNCH_UPDATE: how many pages to process, or an errno.
@@ -348,31 +355,31 @@ mod tests {
         answers: VecDeque<Answer>,
         /// (gfn, page type, first byte of the source page) per processed page.
         processed: Vec<(u64, u8, u8)>,
-        attributes: Vec<KvmMemoryAttributes>,
+        attributes: Vec<kvm_memory_attributes>,
         starts: Vec<u64>,
-        finishes: Vec<KvmSevSnpLaunchFinish>,
-        init: Option<KvmSevInit>,
+        finishes: Vec<kvm_sev_snp_launch_finish>,
+        init: Option<kvm_sev_init>,
         /// Value the fake firmware writes into a rejected CPUID page.
         cpuid_correction: u8,
     }
 
     impl SevCommands for FakeKvm {
-        fn sev_init2(&mut self, init: &mut KvmSevInit) -> Result<(), SevOpError> {
+        fn sev_init2(&mut self, init: &mut kvm_sev_init) -> Result<(), SevOpError> {
             self.init = Some(*init);
             Ok(())
         }
-        fn launch_start(&mut self, start: &mut KvmSevSnpLaunchStart) -> Result<(), SevOpError> {
+        fn launch_start(&mut self, start: &mut kvm_sev_snp_launch_start) -> Result<(), SevOpError> {
             self.starts.push(start.policy);
             Ok(())
         }
-        fn launch_update(&mut self, u: &mut KvmSevSnpLaunchUpdate) -> Result<(), SevOpError> {
+        fn launch_update(&mut self, u: &mut kvm_sev_snp_launch_update) -> Result<(), SevOpError> {
             let answer = self
                 .answers
                 .pop_front()
                 .unwrap_or(Answer::Process(u64::MAX));
             match answer {
                 Answer::Fail(errno) => {
-                    if errno == libc::EIO && u.page_type == PageType::Cpuid as u8 {
+                    if errno == libc::EIO && u.type_ == PageType::Cpuid as u8 {
                         // SAFETY: the test passes a live buffer of at least one page at uaddr.
                         unsafe { *(u.uaddr as *mut u8) = self.cpuid_correction };
                     }
@@ -382,7 +389,7 @@ mod tests {
                     })
                 }
                 Answer::Process(pages) => {
-                    let zero = u.page_type == PageType::Zero as u8;
+                    let zero = u.type_ == PageType::Zero as u8;
                     assert_eq!(u.uaddr % PAGE_SIZE, 0, "source not page-aligned");
                     assert_eq!(zero, u.uaddr == 0, "a source only for non-ZERO pages");
                     let pages = pages.min(u.len / PAGE_SIZE);
@@ -393,7 +400,7 @@ mod tests {
                         } else {
                             unsafe { *(u.uaddr as *const u8) }
                         };
-                        self.processed.push((u.gfn_start, u.page_type, first));
+                        self.processed.push((u.gfn_start, u.type_, first));
                         u.gfn_start += 1;
                         if !zero {
                             u.uaddr += PAGE_SIZE;
@@ -404,11 +411,11 @@ mod tests {
                 }
             }
         }
-        fn launch_finish(&mut self, f: &mut KvmSevSnpLaunchFinish) -> Result<(), SevOpError> {
+        fn launch_finish(&mut self, f: &mut kvm_sev_snp_launch_finish) -> Result<(), SevOpError> {
             self.finishes.push(*f);
             Ok(())
         }
-        fn set_memory_attributes(&mut self, a: &KvmMemoryAttributes) -> Result<(), SevOpError> {
+        fn set_memory_attributes(&mut self, a: &kvm_memory_attributes) -> Result<(), SevOpError> {
             self.attributes.push(*a);
             Ok(())
         }
@@ -470,10 +477,10 @@ mod tests {
         assert_eq!(firsts, vec![1, 2, 3, 4]);
         assert_eq!(
             fake.attributes,
-            vec![KvmMemoryAttributes {
+            vec![kvm_memory_attributes {
                 address: 0x10_0000,
                 size: 0x4000,
-                attributes: KVM_MEMORY_ATTRIBUTE_PRIVATE,
+                attributes: u64::from(KVM_MEMORY_ATTRIBUTE_PRIVATE),
                 flags: 0
             }]
         );

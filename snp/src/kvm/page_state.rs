@@ -11,7 +11,6 @@
 
 use super::uapi::{
     KVM_HC_MAP_GPA_RANGE, KVM_MAP_GPA_RANGE_ENCRYPTED, KVM_MAP_GPA_RANGE_PAGE_SZ_MASK,
-    KVM_MEMORY_EXIT_FLAG_PRIVATE,
 };
 use crate::page_info::PAGE_SIZE;
 
@@ -134,7 +133,12 @@ impl PageStateHandler {
         if !self.valid(gpa, size) {
             return Err(PageStateError::BadFault { gpa, size });
         }
-        self.convert(mem, gpa, size, flags & KVM_MEMORY_EXIT_FLAG_PRIVATE != 0)
+        self.convert(
+            mem,
+            gpa,
+            size,
+            flags & u64::from(kvm_bindings::KVM_MEMORY_EXIT_FLAG_PRIVATE) != 0,
+        )
     }
 }
 
@@ -270,8 +274,13 @@ mod tests {
     fn memory_fault_follows_the_access_kind() {
         let mut mem = FakeMemory::default();
         let h = handler();
-        h.handle_memory_fault(&mut mem, 0x3000, 0x1000, KVM_MEMORY_EXIT_FLAG_PRIVATE)
-            .unwrap();
+        h.handle_memory_fault(
+            &mut mem,
+            0x3000,
+            0x1000,
+            u64::from(kvm_bindings::KVM_MEMORY_EXIT_FLAG_PRIVATE),
+        )
+        .unwrap();
         assert_eq!(mem.private.get(&0x3000), Some(&true));
         h.handle_memory_fault(&mut mem, 0x3000, 0x1000, 0).unwrap();
         assert_eq!(mem.private.get(&0x3000), Some(&false));

@@ -4,9 +4,9 @@
 
 use std::os::fd::AsRawFd;
 
-use super::uapi::{
-    KVM_GET_DEVICE_ATTR, KVM_X86_GRP_SEV, KVM_X86_SEV_VMSA_FEATURES, SVM_SEV_FEAT_SNP_ACTIVE,
-};
+use kvm_bindings::{KVM_X86_GRP_SEV, KVM_X86_SEV_VMSA_FEATURES};
+
+use super::uapi::{KVM_GET_DEVICE_ATTR, SVM_SEV_FEAT_SNP_ACTIVE};
 
 /// The VMSA features asked for cannot be had on this host.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub fn supported_vmsa_features(kvm: &impl AsRawFd) -> Result<u64, VmsaFeaturesEr
     let attr = kvm_bindings::kvm_device_attr {
         flags: 0,
         group: KVM_X86_GRP_SEV,
-        attr: KVM_X86_SEV_VMSA_FEATURES,
+        attr: u64::from(KVM_X86_SEV_VMSA_FEATURES),
         addr: &mut value as *mut u64 as u64,
     };
     // SAFETY: KVM_GET_DEVICE_ATTR reads the kvm_device_attr we pass by reference and writes

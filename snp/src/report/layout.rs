@@ -1,5 +1,10 @@
 //! Byte layout of the 0x4A0-byte attestation report. The report is kept as its exact bytes
 //! (reserved areas included) so that verification hashes precisely what the firmware signed.
+//! Not the `sev` crate's `AttestationReport` (which `tests/report.rs` checks these fields
+//! against): it is a decoded struct that re-encodes its fields rather than the signed bytes,
+//! and sev 8's decoder refuses reports it cannot place in a CPU generation: a version 2
+//! report with a masked chip ID (policy MASK_CHIP_ID), or a v3+ report from a family/model it
+//! does not know.
 
 use super::SIG_ALGO_ECDSA_P384_SHA384;
 

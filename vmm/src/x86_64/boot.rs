@@ -6,12 +6,13 @@ use std::io::{Read, Seek, SeekFrom};
 use std::mem::size_of;
 use std::path::{Path, PathBuf};
 
-use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use linux_loader::elf::{Elf64_Ehdr, Elf64_Phdr};
+use linux_loader::bootparam::setup_header;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{BzImage, KernelLoader};
 use linux_loader::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use veil_snp::x86_boot::elf;
+use veil_snp::x86_boot::zero_page::{setup_header_magic, ZeroPage};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::*;
 use super::regs::EntryMode;
@@ -74,9 +75,6 @@ pub struct LoadedKernel {
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const BZIMAGE_MAGIC_OFFSET: u64 = 0x202;
 const BZIMAGE_MAGIC: &[u8; 4] = b"HdrS";
-const ELF_CLASS_64: u8 = 2;
-const EM_X86_64: u16 = 62;
-const PT_LOAD: u32 = 1;
 
 fn read_err<'a>(
     what: &'static str,
@@ -144,38 +142,21 @@ pub fn load_kernel(
     }
 }
 
-/// Where the ELF's loadable segments end, checked to be an x86_64 executable.
+/// Where the ELF's loadable segments end, checked to be an x86_64 ELF whose segments lie in
+/// the file and above 1 MiB (linux-loader checks neither before writing guest memory).
 fn elf_extent(file: &mut File, path: &Path) -> Result<u64, BootError> {
-    let mut ehdr = Elf64_Ehdr::default();
-    file.rewind().map_err(read_err("kernel", path))?;
-    file.read_exact(ehdr.as_mut_slice())
-        .map_err(|_| corrupt(path, "truncated ELF header"))?;
-    if ehdr.e_ident[4] != ELF_CLASS_64 || ehdr.e_machine != EM_X86_64 {
-        return Err(corrupt(path, "not a 64-bit x86_64 ELF file"));
-    }
-    if usize::from(ehdr.e_phentsize) != size_of::<Elf64_Phdr>() || ehdr.e_phnum == 0 {
-        return Err(corrupt(path, "no usable program headers"));
-    }
-    file.seek(SeekFrom::Start(ehdr.e_phoff))
-        .map_err(|_| corrupt(path, "program headers out of the file"))?;
+    let file_len = file.metadata().map_err(read_err("kernel", path))?.len();
+    let headers = elf::read_headers(file, file_len).map_err(|e| corrupt(path, e))?;
     let mut end = 0u64;
-    for _ in 0..ehdr.e_phnum {
-        let mut phdr = Elf64_Phdr::default();
-        file.read_exact(phdr.as_mut_slice())
-            .map_err(|_| corrupt(path, "truncated program headers"))?;
-        if phdr.p_type == PT_LOAD {
-            let seg_end = phdr
-                .p_paddr
-                .checked_add(phdr.p_memsz)
-                .ok_or_else(|| corrupt(path, "segment address overflows"))?;
-            if phdr.p_paddr < HIMEM_START {
-                return Err(corrupt(
-                    path,
-                    format!("segment at {:#x} is below 1 MiB", phdr.p_paddr),
-                ));
-            }
-            end = end.max(seg_end);
+    for segment in headers.loads() {
+        if segment.paddr < HIMEM_START {
+            return Err(corrupt(
+                path,
+                format!("segment at {:#x} is below 1 MiB", segment.paddr),
+            ));
         }
+        // read_headers checked that this does not overflow.
+        end = end.max(segment.paddr + segment.mem_size);
     }
     if end == 0 {
         return Err(corrupt(path, "no loadable segments"));
@@ -368,35 +349,20 @@ fn write_zero_page(
     map: &[E820Entry],
     initrd: Option<Initrd>,
 ) -> Result<(), BootError> {
-    const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
-    const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
-    const KERNEL_LOADER_OTHER: u8 = 0xff;
+    /// Alignment a kernel without a setup header of its own is taken to need.
     const KERNEL_MIN_ALIGNMENT: u32 = 0x100_0000;
-
-    let mut params = boot_params {
-        hdr: header.unwrap_or(setup_header {
-            boot_flag: KERNEL_BOOT_FLAG_MAGIC,
-            header: KERNEL_HDR_MAGIC,
+    let params = ZeroPage {
+        header: header.unwrap_or(setup_header {
             kernel_alignment: KERNEL_MIN_ALIGNMENT,
-            ..Default::default()
+            ..setup_header_magic()
         }),
-        ..Default::default()
-    };
-    params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline_len as u32;
-    if let Some(initrd) = initrd {
-        params.hdr.ramdisk_image = initrd.addr as u32;
-        params.hdr.ramdisk_size = initrd.len as u32;
+        e820: map,
+        cmdline_gpa: CMDLINE_START,
+        cmdline_len: cmdline_len as u32,
+        initrd: initrd.map(|i| (i.addr, i.len)),
+        cc_blob_gpa: 0,
     }
-    for (slot, e) in params.e820_table.iter_mut().zip(map) {
-        *slot = boot_e820_entry {
-            addr: e.addr,
-            size: e.size,
-            r#type: e.kind as u32,
-        };
-    }
-    params.e820_entries = map.len() as u8;
+    .boot_params();
     mem.write_obj(params, GuestAddress(ZERO_PAGE_START))?;
     Ok(())
 }
@@ -404,6 +370,7 @@ fn write_zero_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use linux_loader::bootparam::boot_params;
 
     fn memory(bytes: u64) -> GuestMemoryMmap {
         let ranges: Vec<_> = ram_regions(bytes)

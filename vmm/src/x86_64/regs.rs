@@ -4,7 +4,9 @@ use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_sregs,
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::gdt::{self, BOOT_GDT};
+use veil_snp::x86_boot::gdt::{self, BOOT_GDT};
+use veil_snp::x86_boot::page_tables::identity_page_tables;
+
 use super::layout::*;
 
 /// Errors while putting a vCPU in its boot state.
@@ -45,10 +47,6 @@ const X86_CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
-const PTE_PRESENT: u64 = 1 << 0;
-const PTE_WRITABLE: u64 = 1 << 1;
-const PDE_HUGE_2M: u64 = 1 << 7;
-
 /// Writes the GDT, an empty IDT and the page tables every vCPU shares.
 pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
     for (i, desc) in BOOT_GDT.iter().enumerate() {
@@ -58,23 +56,8 @@ pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
 
     // Identity-map 0..4 GiB with 2 MiB pages: the kernel, the boot structures and the 32-bit
     // MMIO gap (devices, IOAPIC, LAPIC) are all reachable before the guest builds its own.
-    mem.write_obj(
-        PDPTE_START | PTE_PRESENT | PTE_WRITABLE,
-        GuestAddress(PML4_START),
-    )?;
-    for dir in 0..4u64 {
-        let pd = PDE_START + dir * 0x1000;
-        mem.write_obj(
-            pd | PTE_PRESENT | PTE_WRITABLE,
-            GuestAddress(PDPTE_START + dir * 8),
-        )?;
-        let entries: Vec<u8> = (0..512u64)
-            .flat_map(|i| {
-                let phys = (dir << 30) | (i << 21);
-                (phys | PTE_PRESENT | PTE_WRITABLE | PDE_HUGE_2M).to_le_bytes()
-            })
-            .collect();
-        mem.write_slice(&entries, GuestAddress(pd))?;
+    for (i, table) in identity_page_tables(PML4_START, None).iter().enumerate() {
+        mem.write_slice(table, GuestAddress(PML4_START + 0x1000 * i as u64))?;
     }
     Ok(())
 }
@@ -255,18 +238,30 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         write_boot_tables(&mem).unwrap();
         let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).unwrap();
-        assert_eq!(pml4 & !0xfff, PDPTE_START);
-        // Walk a few addresses by hand: 2 MiB pages, phys == virt.
+        assert_eq!(pml4 & 3, 3);
+        // Walk a few addresses by hand: 2 MiB pages, phys == virt, no C-bit.
         for addr in [0u64, 0x20_0000, 0x1234_5678, 0xfee0_0000, 0xffff_ffff] {
             let pdpte: u64 = mem
-                .read_obj(GuestAddress(PDPTE_START + (addr >> 30) * 8))
+                .read_obj(GuestAddress((pml4 & !0xfff) + (addr >> 30) * 8))
                 .unwrap();
             assert_eq!(pdpte & 3, 3);
             let pde: u64 = mem
                 .read_obj(GuestAddress((pdpte & !0xfff) + ((addr >> 21) & 511) * 8))
                 .unwrap();
-            assert_eq!(pde & PDE_HUGE_2M, PDE_HUGE_2M);
+            assert_eq!(pde & 0x83, 0x83, "present, writable, 2 MiB");
             assert_eq!((pde & !0x1f_ffff) | (addr & 0x1f_ffff), addr);
+        }
+    }
+
+    #[test]
+    fn gdt_and_idt_do_not_overlap_in_memory() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        write_boot_tables(&mem).unwrap();
+        for (i, desc) in BOOT_GDT.iter().enumerate() {
+            let entry: u64 = mem
+                .read_obj(GuestAddress(GDT_START + 8 * i as u64))
+                .unwrap();
+            assert_eq!(entry, desc.to_gdt_entry(), "GDT entry {i}");
         }
     }
 

@@ -10,15 +10,33 @@
 use igvm::snp_defs::SevVmsa;
 use zerocopy::{FromZeros, IntoBytes};
 
-use super::boot_tables::{CODE64_ATTRIB, CODE64_SELECTOR, DATA_ATTRIB, DATA_SELECTOR, GDT_ENTRIES};
-use super::layout::{GDT_GPA, PML4_GPA, STACK_POINTER, ZERO_PAGE_GPA};
+use super::layout::{BOOT_STACK_POINTER, GDT_GPA, PML4_START, ZERO_PAGE_START};
+use crate::page_info::PAGE_SIZE;
 use crate::vmsa::{Segment, Vmsa, DEFAULT_G_PAT};
+use crate::x86_boot::gdt::{descriptor, CODE64_SELECTOR, DATA_SELECTOR};
+
+/// The image's GDT has four entries: null, unused, the 64-bit code and the data segments of
+/// the shared boot GDT at their selectors (the 32-bit code and TSS entries the VMM's direct
+/// boot also has are not needed by the 64-bit entry and were never in the measured page).
+const GDT_ENTRIES: usize = 4;
 
 /// SEV_FEATURES bit 0: SNP active (the only feature the image asks for).
 const SEV_FEATURES_SNP: u64 = 1;
 
-fn flat(selector: u16, attrib: u16) -> Segment {
-    Segment::new(selector, attrib, 0xffff_ffff, 0)
+/// The GDT page.
+pub fn gdt_page() -> Vec<u8> {
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    for selector in [CODE64_SELECTOR, DATA_SELECTOR] {
+        let at = usize::from(selector);
+        page[at..at + 8].copy_from_slice(&descriptor(selector).to_gdt_entry().to_le_bytes());
+    }
+    page
+}
+
+/// The segment register loaded from `selector` of the boot GDT.
+fn flat(selector: u16) -> Segment {
+    let desc = descriptor(selector);
+    Segment::new(selector, desc.vmsa_attributes(), desc.expanded_limit(), 0)
 }
 
 /// The BSP's long-mode entry registers.
@@ -26,9 +44,9 @@ pub fn bsp_state(entry: u64, c_bit: u8) -> Vmsa {
     const CR0_PE_ET_PG: u64 = 0x8000_0011;
     const CR4_PAE: u64 = 0x20;
     const EFER_LME_LMA: u64 = 0x500;
-    let data = flat(DATA_SELECTOR, DATA_ATTRIB);
+    let data = flat(DATA_SELECTOR);
     Vmsa {
-        cs: flat(CODE64_SELECTOR, CODE64_ATTRIB),
+        cs: flat(CODE64_SELECTOR),
         ds: data,
         es: data,
         ss: data,
@@ -41,11 +59,11 @@ pub fn bsp_state(entry: u64, c_bit: u8) -> Vmsa {
         efer: EFER_LME_LMA,
         cr0: CR0_PE_ET_PG,
         cr4: CR4_PAE,
-        cr3: PML4_GPA | (1u64 << c_bit),
+        cr3: PML4_START | (1u64 << c_bit),
         rflags: 0x2,
         rip: entry,
-        rsp: STACK_POINTER,
-        rsi: ZERO_PAGE_GPA,
+        rsp: BOOT_STACK_POINTER,
+        rsi: ZERO_PAGE_START,
         g_pat: DEFAULT_G_PAT,
         xcr0: 1,
         mxcsr: 0x1f80,
@@ -83,5 +101,17 @@ mod tests {
         // What KVM forces is in the file: EFER.SVME, CR4.MCE.
         assert_eq!((vmsa.efer, vmsa.cr4), (0x1500, 0x60));
         assert_eq!(regs.as_kvm_builds().as_kvm_builds(), regs.as_kvm_builds());
+    }
+
+    #[test]
+    fn gdt_page_holds_flat_code64_and_data() {
+        let page = gdt_page();
+        let entry = |i: usize| u64::from_le_bytes(page[i * 8..i * 8 + 8].try_into().unwrap());
+        // Architectural encodings of flat 64-bit code and flat 32-bit data descriptors.
+        assert_eq!(entry(2), 0x00af_9b00_0000_ffff);
+        assert_eq!(entry(3), 0x00cf_9300_0000_ffff);
+        assert_eq!((entry(0), entry(1), entry(4)), (0, 0, 0));
+        let regs = bsp_state(0x100_0040, 51);
+        assert_eq!((regs.cs.attrib, regs.ds.attrib), (0xa09b, 0xc093));
     }
 }

@@ -10,7 +10,7 @@ use igvm_defs::{
 };
 
 use super::bsp::{bsp_state, kvm_vmsa};
-use super::zero_page::{E820Entry, E820Type};
+use super::layout::{E820Entry, E820Kind};
 use super::{BuildError, BuildInput, Page};
 use crate::page_info::VMSA_GPA;
 
@@ -36,7 +36,7 @@ pub fn serialize(
         compatibility_mask: COMPATIBILITY_MASK,
     };
     let mut directives = Vec::with_capacity(pages.len() + 8);
-    for e in map.iter().filter(|e| e.kind == E820Type::Ram) {
+    for e in map.iter().filter(|e| e.kind == E820Kind::Ram) {
         let mut gpa = e.addr;
         while gpa < e.addr + e.size {
             let len = (e.addr + e.size - gpa).min(REQUIRED_MEMORY_CHUNK);

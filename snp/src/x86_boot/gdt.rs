@@ -1,8 +1,10 @@
-//! The boot GDT and the matching KVM segment registers.
+//! The boot GDT, and the segment registers that match it as KVM (`kvm_segment`) and the SNP
+//! VMSA (its attribute word) hold them.
 //!
-//! One table serves both entry protocols: the PVH entry starts in 32-bit protected mode with
-//! the flat 32-bit code segment, the 64-bit Linux boot protocol with the 64-bit one. Linux's
-//! boot protocol asks for `__BOOT_CS` = 0x10 and `__BOOT_DS` = 0x18, which fixes the order.
+//! One table serves every entry: the PVH entry starts in 32-bit protected mode with the flat
+//! 32-bit code segment, the 64-bit Linux boot protocol (the VMM's and the SNP image's) with
+//! the 64-bit one. Linux's boot protocol asks for `__BOOT_CS` = 0x10 and `__BOOT_DS` = 0x18,
+//! which fixes the order.
 
 use kvm_bindings::kvm_segment;
 
@@ -57,17 +59,28 @@ impl Descriptor {
             | (((base >> 24) & 0xff) << 56)
     }
 
-    /// The segment register KVM should hold after loading this descriptor with `selector`.
-    pub fn to_kvm_segment(self, selector: u16) -> kvm_segment {
-        let granular = self.flags & FLAG_GRANULARITY_4K != 0;
-        let limit = if granular {
+    /// The segment's attribute word as Veil's VMSA model and the IGVM VP context hold it:
+    /// the descriptor's bits 40-55 with the limit nibble cleared, i.e. the access byte in
+    /// bits 0-7 and the flags nibble (AVL, L, D/B, G) in bits 12-15.
+    pub fn vmsa_attributes(self) -> u16 {
+        u16::from(self.access) | (u16::from(self.flags & 0xf) << 12)
+    }
+
+    /// The 4 KiB-granular limit as a segment register holds it.
+    pub fn expanded_limit(self) -> u32 {
+        if self.flags & FLAG_GRANULARITY_4K != 0 {
             (self.limit << 12) | 0xfff
         } else {
             self.limit
-        };
+        }
+    }
+
+    /// The segment register KVM should hold after loading this descriptor with `selector`.
+    pub fn to_kvm_segment(self, selector: u16) -> kvm_segment {
+        let granular = self.flags & FLAG_GRANULARITY_4K != 0;
         kvm_segment {
             base: u64::from(self.base),
-            limit,
+            limit: self.expanded_limit(),
             selector,
             type_: self.access & 0xf,
             present: u8::from(self.access & ACCESS_PRESENT != 0),
@@ -159,5 +172,13 @@ mod tests {
         assert_eq!((ds.l, ds.db, ds.type_, ds.selector), (0, 1, 3, 0x18));
         let tr = descriptor(TSS_SELECTOR).to_kvm_segment(TSS_SELECTOR);
         assert_eq!((tr.s, tr.type_, tr.limit, tr.unusable), (0, 0xb, 0x67, 0));
+    }
+
+    #[test]
+    fn vmsa_attributes_use_the_svm_encoding() {
+        // Bits 40-55 of 0x00af9b000000ffff and 0x00cf93000000ffff without the limit nibble.
+        assert_eq!(descriptor(CODE64_SELECTOR).vmsa_attributes(), 0xa09b);
+        assert_eq!(descriptor(DATA_SELECTOR).vmsa_attributes(), 0xc093);
+        assert_eq!(descriptor(DATA_SELECTOR).expanded_limit(), 0xffff_ffff);
     }
 }

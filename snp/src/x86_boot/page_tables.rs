@@ -1,4 +1,5 @@
-//! The GDT and identity page tables the BSP starts on, with the C-bit where SNP needs it.
+//! The identity page tables the boot vCPU starts on in long mode, with the C-bit where SNP
+//! needs it (the VMM's plain boot builds them without).
 //!
 //! Under SEV, instruction fetches and page-table walks are always private, but a data access
 //! through a leaf entry without the C-bit is a *shared* access: under SNP, to a private
@@ -11,45 +12,14 @@
 
 use crate::page_info::PAGE_SIZE;
 
-/// Flat 64-bit code segment selector (Linux boot protocol `__BOOT_CS`).
-pub const CODE64_SELECTOR: u16 = 0x10;
-/// Flat data segment selector (`__BOOT_DS`).
-pub const DATA_SELECTOR: u16 = 0x18;
-/// VMCB/VMSA attribute of the 64-bit code segment: P, S, code read/accessed, G, L.
-pub const CODE64_ATTRIB: u16 = 0xa09b;
-/// VMCB/VMSA attribute of the data segments: P, S, data write/accessed, G, D/B.
-pub const DATA_ATTRIB: u16 = 0xc093;
-/// GDT entries: null, unused, code64, data.
-pub const GDT_ENTRIES: usize = 4;
-
 const PRESENT_WRITABLE: u64 = 0x3;
 const HUGE_2M: u64 = 1 << 7;
 /// Gigabytes the identity map covers: everything below 4 GiB (the kernel, the boot
-/// structures, an initrd in low RAM).
+/// structures, an initrd in low RAM, and for the VMM the 32-bit MMIO gap: devices, IOAPIC,
+/// LAPIC).
 pub const IDENTITY_GIB: u64 = 4;
 /// Pages of page tables: PML4, PDPT and one page directory per GiB.
 pub const PAGE_TABLE_PAGES: u64 = 2 + IDENTITY_GIB;
-
-/// Builds a GDT descriptor from its VMCB attribute (access byte + flags nibble).
-fn descriptor(attrib: u16) -> u64 {
-    let access = u64::from(attrib & 0xff);
-    let flags = u64::from(attrib >> 12);
-    // Flat: base 0, limit 0xfffff in 4 KiB units.
-    0xffff | (access << 40) | (0xf << 48) | (flags << 52)
-}
-
-/// The GDT page.
-pub fn gdt_page() -> Vec<u8> {
-    let mut page = vec![0u8; PAGE_SIZE as usize];
-    let entries = [
-        (usize::from(CODE64_SELECTOR), descriptor(CODE64_ATTRIB)),
-        (usize::from(DATA_SELECTOR), descriptor(DATA_ATTRIB)),
-    ];
-    for (at, desc) in entries {
-        page[at..at + 8].copy_from_slice(&desc.to_le_bytes());
-    }
-    page
-}
 
 /// The identity map of the first [`IDENTITY_GIB`] GiB with 2 MiB pages, as consecutive
 /// pages starting at `pml4_gpa`: PML4, PDPT, then the page directories. `c_bit` is the
@@ -102,14 +72,5 @@ mod tests {
             assert_eq!(pde & (c | HUGE_2M | 1), c | HUGE_2M | 1);
             assert_eq!((pde & !c & !0x1f_ffff & !0xfff) | (va & 0x1f_ffff), va);
         }
-    }
-
-    #[test]
-    fn gdt_descriptors_are_flat() {
-        let page = gdt_page();
-        // Architectural encodings of flat 64-bit code and flat 32-bit data descriptors.
-        assert_eq!(entry(&page, 2), 0x00af_9b00_0000_ffff);
-        assert_eq!(entry(&page, 3), 0x00cf_9300_0000_ffff);
-        assert_eq!(entry(&page, 0), 0);
     }
 }
