@@ -250,10 +250,10 @@ pub fn verify_manifest(path: &Path) -> Result<Verification, ManifestError> {
         );
         let mismatch = match (sig, digests.next()) {
             (Err(why), _) => Some(why),
-            (Ok(_), Some(d)) if crate::hex::encode(&d) == entry.measurement => None,
+            (Ok(_), Some(d)) if hex::encode(d) == entry.measurement => None,
             (Ok(_), Some(d)) => Some(format!(
                 "{} computed from {}, {} in the manifest",
-                crate::hex::encode(&d),
+                hex::encode(d),
                 recipe.image,
                 entry.measurement
             )),

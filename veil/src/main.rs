@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             Err(e) => eprintln!("veil: ignoring VEIL_LOG={filter:?}: {e}"),
         }
     }
-    let cli = match veil_vmm::cli::Cli::try_parse() {
+    let cli = match veil_cli::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -38,5 +38,5 @@ fn main() -> ExitCode {
             };
         }
     };
-    veil_vmm::cli::main(cli, start)
+    veil_cli::cli::main(cli, start)
 }
