@@ -67,13 +67,13 @@ fn writes_the_file_and_names_bad_inputs() {
         .to_string();
     assert!(err.contains("3000 bytes") && err.contains("2047"), "{err}");
 
-    let big = write(dir.path(), "big-initrd", &vec![1u8; 20 << 20]);
+    let big = write(dir.path(), "big-initrd", &vec![1u8; 40 << 20]);
     let err =
         run_igvm_build(&args(dir.path(), kernel.clone(), Some(big), CMDLINE, 32)).unwrap_err();
     assert!(matches!(err, CliError::IgvmBuild { .. }));
     let err = err.to_string();
     assert!(
-        err.contains("initrd is 20971520 bytes") && err.contains("--mem-mib 32"),
+        err.contains("initrd is 41943040 bytes") && err.contains("--mem-mib 32"),
         "{err}"
     );
 
