@@ -1,3 +1,6 @@
+//! The `veil` binary: logging (only when `VEIL_LOG` asks for it), argument parsing, then
+//! [`veil_cli::cli::main`]. Everything else is in the `veil_cli` library and below it.
+
 use std::process::ExitCode;
 use std::time::Instant;
 
