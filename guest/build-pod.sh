@@ -57,7 +57,7 @@ if [[ -n ${VEIL:-} ]]; then
     veil=$VEIL
 else
     echo "build-pod: building the veil tool" >&2
-    (cd "$repo_root" && cargo build --locked --quiet -p veil-vmm --bin veil >&2)
+    (cd "$repo_root" && cargo build --locked --quiet -p veil --bin veil >&2)
     veil=$target_dir/debug/veil
 fi
 [[ -x $veil ]] || die "no veil binary at $veil"

@@ -89,7 +89,7 @@ not_run() { echo "NOT RUN  $1: $2"; failed=1; }
 
 # The tools, from this checkout unless given.
 if [[ -z ${VEIL:-} || -z ${VEIL_ATTEST:-} ]]; then
-    (cd "$repo_root" && cargo build --locked --quiet -p veil-vmm --bin veil -p veil-agent --bin veil-attest) ||
+    (cd "$repo_root" && cargo build --locked --quiet -p veil --bin veil -p veil-agent --bin veil-attest) ||
         die "building veil and veil-attest failed"
     target=$(cd "$repo_root" && cargo metadata --format-version 1 --no-deps --offline |
         sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')

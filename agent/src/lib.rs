@@ -10,7 +10,6 @@
 pub mod attestation;
 pub mod client;
 pub mod container;
-pub mod hex;
 pub mod init;
 pub mod logging;
 pub mod metrics;

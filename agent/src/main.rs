@@ -51,8 +51,8 @@ enum StartError {
     UnknownBackend(String),
     #[error("no SEV-SNP attestation interface found (/dev/sev-guest, configfs-tsm); use --attestation insecure for development")]
     NoHardware,
-    #[error("--insecure-host-data must be 64 hex digits, got {0:?}")]
-    BadHostData(String),
+    #[error("--insecure-host-data {value:?}: {reason}; it takes 64 hex digits (32 bytes)")]
+    BadHostData { value: String, reason: String },
     #[error("no cgroup v2 hierarchy found; pass --cgroup-root")]
     NoCgroup,
     #[error("reading init data {path}: {source}")]
@@ -70,8 +70,13 @@ enum StartError {
     Signal(std::io::Error),
 }
 
-fn parse_host_data(hex: &str) -> Result<[u8; 32], StartError> {
-    veil_agent::hex::decode::<32>(hex).ok_or_else(|| StartError::BadHostData(hex.to_string()))
+/// The host's HOST_DATA in hex: any input, non-ASCII or of odd length included, is an error
+/// naming what is wrong, never a panic (the hex crate decodes byte by byte).
+fn parse_host_data(text: &str) -> Result<[u8; 32], StartError> {
+    hex::FromHex::from_hex(text).map_err(|e: hex::FromHexError| StartError::BadHostData {
+        value: text.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 fn attestation_source(cli: &Cli) -> Result<Box<dyn AttestationSource>, StartError> {
@@ -79,7 +84,10 @@ fn attestation_source(cli: &Cli) -> Result<Box<dyn AttestationSource>, StartErro
         let hex = cli
             .insecure_host_data
             .as_deref()
-            .ok_or_else(|| StartError::BadHostData(String::new()))?;
+            .ok_or_else(|| StartError::BadHostData {
+                value: String::new(),
+                reason: "not given".into(),
+            })?;
         Ok(Box::new(InsecureDevelopment::new(parse_host_data(hex)?)))
     };
     match cli.attestation.as_str() {
@@ -215,5 +223,38 @@ fn main() {
             veil_agent::init::power_off();
         }
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_data_takes_64_hex_digits_of_either_case() {
+        let upper = format!("0A{}", "fF".repeat(31));
+        let mut want = [0xff; 32];
+        want[0] = 0x0a;
+        assert_eq!(parse_host_data(&upper).unwrap(), want);
+    }
+
+    #[test]
+    fn bad_host_data_is_named_and_never_panics() {
+        // 64 bytes, but "é" is two bytes: slicing by byte offsets would split it.
+        let non_ascii = format!("é{}", "0".repeat(62));
+        assert_eq!(non_ascii.len(), 64);
+        for bad in [
+            non_ascii,
+            "0".repeat(63),
+            "0".repeat(65),
+            "g".repeat(64),
+            format!("+1{}", "0".repeat(62)),
+        ] {
+            let err = parse_host_data(&bad).unwrap_err().to_string();
+            assert!(err.contains("--insecure-host-data"), "{err}");
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+        let err = parse_host_data(&"g".repeat(64)).unwrap_err().to_string();
+        assert!(err.contains("Invalid character 'g'"), "{err}");
     }
 }

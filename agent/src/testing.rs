@@ -10,10 +10,7 @@ pub use crate::policy::ALLOW_ALL;
 
 /// The lowercase hex SHA-256 of `text`: the HOST_DATA a policy is bound to.
 pub fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// An OCI process running `args` with `PATH=/bin` in `/`.

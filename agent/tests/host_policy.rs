@@ -127,10 +127,7 @@ async fn the_attestation_service_binds_report_data_and_host_data() {
     assert_eq!(resp.report.len(), 0x4A0);
     assert_eq!(&resp.report[0x50..0x5A], b"nonce-1234");
     assert!(resp.report[0x5A..0x90].iter().all(|b| *b == 0));
-    let host_data: String = resp.report[0xC0..0xE0]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let host_data = hex::encode(&resp.report[0xC0..0xE0]);
     assert_eq!(host_data, sha256_hex(DENY_CREATE));
 
     req.report_data = vec![0; 65];

@@ -1,6 +1,6 @@
 //! The size of `veil demo`'s built-in guest, read from the `veil` binary's symbol table: the
 //! guest's code lies between the symbols `veil_demo_guest_start` and `veil_demo_guest_end`
-//! (`vmm/src/demo.rs`). Wrapped in an IGVM file, that code would be the guest's only NORMAL
+//! (`veil/src/demo.rs`). Wrapped in an IGVM file, that code would be the guest's only NORMAL
 //! (measured) data.
 
 use std::path::Path;

@@ -28,7 +28,7 @@ struct Args {
     /// Run only these sections (comma separated).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     only: Vec<String>,
-    /// The `veil` binary to measure; by default it is built as it ships (vmm/build-dist.sh).
+    /// The `veil` binary to measure; by default it is built as it ships (veil/build-dist.sh).
     #[arg(long, value_name = "PATH")]
     veil: Option<PathBuf>,
     /// The floor binary; by default it is built (release) from this workspace.
@@ -96,13 +96,13 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Builds `veil` as it ships (`vmm/build-dist.sh`: static-pie, `dist` profile) and
+/// Builds `veil` as it ships (`veil/build-dist.sh`: static-pie, `dist` profile) and
 /// `kvm-floor` (`cargo build --release`), so the figures are for the current code; returns
-/// veil's path. One package per cargo invocation, as `cargo build -p veil-vmm` and
+/// veil's path. One package per cargo invocation, as `cargo build -p veil` and
 /// `cargo run -p veil-benches` do: building both at once unifies dependency features
 /// differently and rebuilds them.
 fn build_binaries() -> Result<PathBuf, MainError> {
-    let script = workspace_root().join("vmm/build-dist.sh");
+    let script = workspace_root().join("veil/build-dist.sh");
     let out = Command::new(&script)
         .stderr(std::process::Stdio::inherit())
         .output()

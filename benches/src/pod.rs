@@ -104,10 +104,7 @@ fn run(cmd: &mut Command) -> Result<(), PodError> {
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(data))
 }
 
 /// Writes an OCI image archive of one busybox layer whose default command is `cmd`.

@@ -26,7 +26,7 @@ impl InitData {
 
     /// HOST_DATA as 64 lowercase hex digits (the agent's `--insecure-host-data` form).
     pub fn host_data_hex(&self) -> String {
-        self.host_data.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(self.host_data)
     }
 
     /// The init-data block device content: the policy, NUL-padded to whole 512-byte sectors

@@ -104,7 +104,7 @@ impl Layers {
                 h.update(d.as_os_str().as_encoded_bytes());
             }
         }
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(h.finalize())
     }
 }
 

@@ -1,8 +1,8 @@
 //! AMD SEV-SNP support for Veil: guest policy, launch digest (PAGE_INFO chain), the VMSA as
 //! KVM builds it, the CPUID page, OVMF expected measurements, attestation reports, the launch
-//! firmware trait with its KVM and insecure software-model backends, and CLI front ends.
+//! firmware trait with its KVM and insecure software-model backends. The command line over
+//! it is the `veil` package's (`veil/src/snp/`).
 
-pub mod cli;
 pub mod cpu_types;
 pub mod cpuid_page;
 pub mod digest;

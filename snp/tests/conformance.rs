@@ -3,7 +3,6 @@
 mod reference;
 
 use reference::{run_cli, run_python};
-use veil_snp::hex;
 use veil_snp::ovmf::{ovmf_launch_digest, Ovmf, DEFAULT_GUEST_FEATURES};
 use veil_snp::vmsa::{Vmsa, RESET_EIP};
 use veil_snp::{LaunchDigest, PageType};
@@ -118,7 +117,7 @@ print(bytes(VMSA.build_save_area(eip, features, sig)).hex())
         (0xffff_b000, 0x21, 0x00a1_0f10),
     ] {
         let reference = run_python(script, &format!("{eip:x} {features:x} {sig:x}"));
-        let veil = hex::encode(&Vmsa::qemu_reset(eip, features, sig).to_page());
+        let veil = hex::encode(Vmsa::qemu_reset(eip, features, sig).to_page());
         assert_eq!(
             veil, reference,
             "eip {eip:#x} features {features:#x} sig {sig:#x}"
@@ -155,7 +154,7 @@ fn ovmf_digest_matches_sev_snp_measure() {
             "--vcpu-type",
             vcpu_type,
         ]);
-        assert_eq!(hex::encode(&veil), reference, "{vcpus} x {vcpu_type}");
+        assert_eq!(hex::encode(veil), reference, "{vcpus} x {vcpu_type}");
     }
 }
 
@@ -175,7 +174,7 @@ fn ovmf_guest_features_match_sev_snp_measure() {
         "--guest-features",
         "0x21",
     ]);
-    assert_eq!(hex::encode(&veil), reference);
+    assert_eq!(hex::encode(veil), reference);
     assert_ne!(
         veil,
         ovmf_launch_digest(&image, 2, "EPYC-Milan", DEFAULT_GUEST_FEATURES, None).unwrap()
@@ -195,7 +194,7 @@ fn ovmf_firmware_prefix_matches_snp_ovmf_hash() {
 
 /// GUID text -> firmware (mixed-endian) bytes.
 fn guid_le(text: &str) -> Vec<u8> {
-    let b = hex::decode(&text.replace('-', "")).unwrap();
+    let b = hex::decode(text.replace('-', "")).unwrap();
     [
         &[b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6]][..],
         &b[8..],
@@ -287,15 +286,11 @@ fn direct_kernel_boot_hashes_match_sev_snp_measure() {
             args.extend(["--append".into(), a.to_string()]);
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        assert_eq!(
-            hex::encode(&veil),
-            run_cli(&refs),
-            "table at {table_gpa:#x}"
-        );
+        assert_eq!(hex::encode(veil), run_cli(&refs), "table at {table_gpa:#x}");
         // Without a kernel the section is a ZERO page, on both sides.
         let plain = ovmf_launch_digest(&image, 2, "EPYC-Milan", 1, None).unwrap();
         let reference = run_cli(&refs[..8]);
-        assert_eq!(hex::encode(&plain), reference);
+        assert_eq!(hex::encode(plain), reference);
         assert_ne!(plain, veil);
     }
 }

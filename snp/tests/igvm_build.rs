@@ -1,12 +1,11 @@
-//! `veil igvm build`: images built from a synthetic ELF (and the project's vmlinux when it has
+//! `build_igvm` (what `veil igvm build` runs): images built from a synthetic ELF (and the project's vmlinux when it has
 //! been built), read back with the project's own IGVM loader, checked field by field against
 //! the Linux boot protocol (struct layouts from linux-loader's kernel bindings), and measured.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use linux_loader::bootparam::boot_params;
-use veil_snp::cli::{run_igvm_build, CliError, IgvmBuildArgs};
 use veil_snp::firmware::model::InsecureModelFirmware;
 use veil_snp::firmware::LaunchFinish;
 use veil_snp::igvm::{build_igvm, load_igvm, run_launch, BuildInput, LaunchPlan};
@@ -321,101 +320,6 @@ fn model_launch_accumulates_the_expected_digest() {
     assert!(asked.contains(&PageType::Cpuid) && asked.contains(&PageType::Secrets));
 }
 
-fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, data).unwrap();
-    path
-}
-
-fn args(
-    dir: &Path,
-    kernel: PathBuf,
-    initrd: Option<PathBuf>,
-    cmdline: &str,
-    mem_mib: u64,
-) -> IgvmBuildArgs {
-    IgvmBuildArgs {
-        kernel,
-        initrd,
-        cmdline: cmdline.to_string(),
-        mem_mib,
-        policy: "0x30000".into(),
-        c_bit: 51,
-        output: dir.join("guest.igvm"),
-    }
-}
-
-#[test]
-fn cli_writes_the_file_and_names_bad_inputs() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = synthetic();
-    let kernel = write(dir.path(), "vmlinux", &s.kernel);
-    let initrd = write(dir.path(), "initrd", &s.initrd);
-    let line = run_igvm_build(&args(
-        dir.path(),
-        kernel.clone(),
-        Some(initrd.clone()),
-        CMDLINE,
-        64,
-    ))
-    .unwrap();
-    let out = dir.path().join("guest.igvm");
-    // 64 MiB = 16384 pages, minus the 96 of the legacy hole; all but 18 are pages of zeros.
-    assert!(
-        line.starts_with(&format!(
-            "{}: {} measured bytes",
-            out.display(),
-            16286 * 4096
-        )),
-        "{line}"
-    );
-    assert!(
-        line.ends_with(
-            "pages: 16 NORMAL with data, 16270 NORMAL zeros, 1 SECRETS, 1 CPUID; entry 0x1000040"
-        ),
-        "{line}"
-    );
-    let plan = load_igvm(&std::fs::read(&out).unwrap()).unwrap();
-    assert_eq!(plan.measured_bytes(), 16286 * 4096);
-
-    let not_elf = write(dir.path(), "bzImage", b"MZ this is not an ELF kernel");
-    let err = run_igvm_build(&args(dir.path(), not_elf, None, CMDLINE, 64))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("bzImage") && err.contains("not an ELF"),
-        "{err}"
-    );
-
-    let long = "x".repeat(3000);
-    let err = run_igvm_build(&args(dir.path(), kernel.clone(), None, &long, 64))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("3000 bytes") && err.contains("2047"), "{err}");
-
-    let big = write(dir.path(), "big-initrd", &vec![1u8; 20 << 20]);
-    let err =
-        run_igvm_build(&args(dir.path(), kernel.clone(), Some(big), CMDLINE, 32)).unwrap_err();
-    assert!(matches!(err, CliError::IgvmBuild { .. }));
-    let err = err.to_string();
-    assert!(
-        err.contains("initrd is 20971520 bytes") && err.contains("--mem-mib 32"),
-        "{err}"
-    );
-
-    let err = run_igvm_build(&args(dir.path(), kernel.clone(), None, CMDLINE, 16 << 11))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("--mem-mib 32768"), "{err}");
-    let err = run_igvm_build(&IgvmBuildArgs {
-        policy: "0xb0000".into(),
-        ..args(dir.path(), kernel, None, CMDLINE, 64)
-    })
-    .unwrap_err()
-    .to_string();
-    assert!(err.to_lowercase().contains("debug"), "{err}");
-}
-
 /// The project's guest kernel (`guest/` builds it into target/guest-kernel/vmlinux of the
 /// main checkout); `VEIL_VMLINUX` overrides the path.
 fn project_vmlinux() -> Option<PathBuf> {
@@ -482,7 +386,7 @@ fn project_vmlinux_builds_and_measures() {
         built.summary.normal_pages,
         built.summary.zero_pages,
         built.bytes.len(),
-        veil_snp::hex::encode(&digest),
+        hex::encode(digest),
         elapsed.as_secs_f64() * 1000.0 / mib
     );
     assert_eq!(built.summary.measured_bytes(), plan.measured_bytes());

@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use igvm::{IgvmDirectiveHeader, IgvmFile, IsolationType};
 use igvm_defs::IgvmPageDataType;
 use reference::run_python;
-use veil_snp::cli::{run_measure, MeasureArgs};
-use veil_snp::hex;
-use veil_snp::igvm::{build_igvm, BuildInput};
+use veil_snp::igvm::{build_igvm, load_igvm, BuildInput};
 use zerocopy::IntoBytes;
 
 /// One operation per stdin line, applied to a `gctx.GCTX`:
@@ -156,19 +154,10 @@ fn oracle_digest(bytes: &[u8], vcpus: u32) -> String {
     run_python(ORACLE, &script)
 }
 
+/// What `veil measure --igvm PATH --vcpu-sig SIG` prints: the file's plan digest in hex.
 fn veil_measure(path: &Path, vcpus: u32) -> String {
-    run_measure(&MeasureArgs {
-        ovmf: None,
-        igvm: Some(path.to_path_buf()),
-        vcpus,
-        vcpu_type: None,
-        vcpu_sig: Some(SIG),
-        guest_features: 1,
-        kernel: None,
-        initrd: None,
-        append: None,
-    })
-    .unwrap()
+    let plan = load_igvm(&std::fs::read(path).unwrap()).unwrap();
+    hex::encode(plan.launch_digest(vcpus, SIG).unwrap())
 }
 
 /// Builds the file, writes it, and compares both digests for 1, 2 and 4 vCPUs.

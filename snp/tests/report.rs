@@ -222,7 +222,7 @@ fn real_milan_report_verifies_through_the_vcek_chain() {
     };
     let hex_text = std::fs::read_to_string(dir.join("report_milan.hex")).unwrap();
     let clean: String = hex_text.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    let bytes = veil_snp::hex::decode(&clean).unwrap();
+    let bytes = hex::decode(&clean).unwrap();
     let report = AttestationReport::parse(&bytes).unwrap();
     let vcek = std::fs::read(dir.join("vcek_milan.der")).unwrap();
     let (key, generation) = vcek_verifying_key(&vcek, None).unwrap();

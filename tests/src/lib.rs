@@ -1,7 +1,7 @@
 //! Test support shared by Veil's integration tests: the freestanding test guests (built by
 //! this crate's build script) and the project's guest kernel.
 //!
-//! The tests themselves live next to what they test: `vmm/tests/` drives the `veil` binary
+//! The tests themselves live next to what they test: `veil/tests/` drives the `veil` binary
 //! (Cargo only hands a package's own integration tests the path of its binaries), and this
 //! crate's `tests/` drives the library API.
 

@@ -166,7 +166,7 @@ fn snp_model_launch_through_the_library_reports_the_expected_digest() {
     let launch = vm.snp_launch().expect("an SNP launch").clone();
     let plan = load_igvm(&built.bytes).unwrap();
     let expected = plan.launch_digest(2, launch.vcpu_signature).unwrap();
-    assert_eq!(launch.digest, veil_snp::hex::encode(&expected));
+    assert_eq!(launch.digest, hex::encode(expected));
     assert_eq!(launch.firmware, SnpFirmware::Model);
     assert_eq!(launch.measured_bytes, plan.measured_bytes());
 

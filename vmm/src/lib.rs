@@ -1,22 +1,17 @@
-//! Veil's micro-VMM as a library.
+//! Veil's micro-VMM as a library: configure a VM ([`VmConfig`]), build it ([`Vm::new`]), run
+//! it ([`Vm::run`]) and stop it from any thread ([`StopHandle`]); the seccomp filters
+//! ([`seccomp`]) and the jail ([`jail`]) a VMM process confines itself with are here too.
+//! Nothing of a command line is: the `veil` binary (the `veil` package) is a thin front end
+//! over this crate, and an embedder's dependency tree has no clap, no log subscriber and no
+//! process-wide signal handling.
 //!
-//! ```no_run
-//! use veil_vmm::{KernelSource, Vm, VmConfig};
+//! The example below is the one in the repository's README (a unit test keeps them equal):
 //!
-//! let mut config = VmConfig::new(KernelSource::Path("vmlinux".into()));
-//! config.cmdline = "console=ttyS0 reboot=k".into();
-//! let vm = Vm::new(config)?;
-//! let stop = vm.stop_handle(); // usable from any thread
-//! let outcome = vm.run()?;
-//! println!("guest ended: {}", outcome.exit);
-//! # Ok::<(), veil_vmm::VmError>(())
-//! ```
+#![doc = include_str!("embedding_example.md")]
 
-pub mod cli;
 pub mod config;
 pub mod console;
 pub mod control;
-pub mod demo;
 pub mod devices;
 mod event_loop;
 pub mod jail;
@@ -36,3 +31,17 @@ pub use snp_launch::{SnpConfig, SnpFirmware, SnpLaunch};
 pub use vcpu::{RegisterDump, VmExit};
 pub use vm::{BootTimings, StopHandle, Vm, VmError, VmOutcome};
 pub use x86_64::cpu_template::CpuTemplate;
+
+#[cfg(test)]
+mod tests {
+    /// The README shows the same embedding example this crate's documentation builds.
+    #[test]
+    fn readme_has_the_doc_tested_example() {
+        let readme = include_str!("../../README.md");
+        let example = include_str!("embedding_example.md");
+        assert!(
+            readme.contains(example),
+            "README.md's example differs from {example}"
+        );
+    }
+}

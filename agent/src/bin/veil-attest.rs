@@ -48,8 +48,8 @@ struct Cli {
 
 #[derive(Debug, thiserror::Error)]
 enum AttestError {
-    #[error("--report-data {0:?}: expected at most {REPORT_DATA_LEN} bytes as hexadecimal")]
-    ReportData(String),
+    #[error("--report-data {value:?}: {reason}; it takes at most {REPORT_DATA_LEN} bytes as hexadecimal")]
+    ReportData { value: String, reason: String },
     #[error("connecting to the agent: {0}")]
     Connect(#[from] veil_agent::transport::TransportError),
     #[error("GetAttestationReport failed: {0}")]
@@ -61,15 +61,19 @@ enum AttestError {
     },
 }
 
-fn parse_hex(text: &str) -> Option<Vec<u8>> {
-    let text = text.strip_prefix("0x").unwrap_or(text);
-    if text.len() % 2 != 0 || text.len() > 2 * REPORT_DATA_LEN {
-        return None;
+/// `--report-data`: hex (an optional `0x` prefix) of at most `REPORT_DATA_LEN` bytes.
+fn parse_report_data(text: &str) -> Result<Vec<u8>, AttestError> {
+    let bad = |reason: String| AttestError::ReportData {
+        value: text.to_string(),
+        reason,
+    };
+    let digits = text.strip_prefix("0x").unwrap_or(text);
+    // Bounded before decoding: the length is checked in bytes, so any input is refused
+    // cleanly, non-ASCII included.
+    if digits.len() > 2 * REPORT_DATA_LEN {
+        return Err(bad(format!("{} characters is too long", digits.len())));
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    hex::decode(digits).map_err(|e| bad(e.to_string()))
 }
 
 async fn connect(cli: &Cli) -> Result<AgentClient, AttestError> {
@@ -92,8 +96,7 @@ async fn connect(cli: &Cli) -> Result<AgentClient, AttestError> {
 }
 
 async fn run(cli: Cli) -> Result<String, AttestError> {
-    let report_data = parse_hex(&cli.report_data)
-        .ok_or_else(|| AttestError::ReportData(cli.report_data.clone()))?;
+    let report_data = parse_report_data(&cli.report_data)?;
     let client = connect(&cli).await?;
     let mut req = GetAttestationReportRequest::new();
     req.report_data = report_data;
@@ -119,6 +122,22 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("veil-attest: error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_data_is_bounded_hex() {
+        assert_eq!(parse_report_data("0x01ab").unwrap(), vec![0x01, 0xab]);
+        assert_eq!(parse_report_data("").unwrap(), Vec::<u8>::new());
+        assert_eq!(parse_report_data(&"ff".repeat(64)).unwrap(), vec![0xff; 64]);
+        for bad in ["abc".to_string(), "zz".into(), "é0".into(), "ff".repeat(65)] {
+            let err = parse_report_data(&bad).unwrap_err().to_string();
+            assert!(err.contains("--report-data"), "{err}");
         }
     }
 }

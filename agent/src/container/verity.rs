@@ -42,11 +42,10 @@ pub struct VerityParams {
 impl VerityParams {
     /// The dm-verity target parameters for `device` (data and hash on the same device).
     pub fn table(&self, device: &str) -> String {
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         let salt = if self.salt.is_empty() {
             "-".to_string()
         } else {
-            hex(&self.salt)
+            hex::encode(&self.salt)
         };
         format!(
             "1 {device} {device} {} {} {} {} sha256 {} {salt}",
@@ -54,7 +53,7 @@ impl VerityParams {
             self.hash_block_size,
             self.data_blocks,
             self.hash_start_block,
-            hex(&self.root_hash)
+            hex::encode(self.root_hash)
         )
     }
 
@@ -74,9 +73,9 @@ pub fn parse_options(options: &[String]) -> Result<Option<VerityOptions>, Contai
     let mut offset = None;
     for opt in options {
         if let Some(v) = opt.strip_prefix(ROOT_HASH_OPT) {
-            let hash = crate::hex::decode::<DIGEST_LEN>(v).ok_or_else(|| {
+            let hash = hex::FromHex::from_hex(v).map_err(|e: hex::FromHexError| {
                 invalid(format!(
-                    "{opt:?}: root hash must be {} hex digits",
+                    "{opt:?}: root hash must be {} hex digits: {e}",
                     2 * DIGEST_LEN
                 ))
             })?;
@@ -132,11 +131,10 @@ pub fn check(device: &Path, opts: &VerityOptions) -> Result<VerityParams, Contai
     h.update(&top);
     let found: [u8; DIGEST_LEN] = h.finalize().into();
     if found != opts.root_hash {
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         return Err(ContainerError::RootHashMismatch {
             device: device.display().to_string(),
-            expected: hex(&opts.root_hash),
-            found: hex(&found),
+            expected: hex::encode(opts.root_hash),
+            found: hex::encode(found),
         });
     }
     Ok(params)
@@ -227,6 +225,9 @@ mod tests {
         assert_eq!(both.root_hash, [0xab; 32]);
         assert_eq!(both.hash_offset, 4096);
         assert!(parse_options(&["verity.bogus=1".into()]).is_err());
+        // Host-supplied: a non-ASCII hash of the right byte length is refused, not a panic.
+        let non_ascii = format!("{ROOT_HASH_OPT}é{}", "0".repeat(62));
+        assert!(parse_options(&[non_ascii, format!("{HASH_OFFSET_OPT}0")]).is_err());
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub struct PolicyEngine {
 
 impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PolicyEngine(sha256:{})", super::hex(&self.digest))
+        write!(f, "PolicyEngine(sha256:{})", hex::encode(self.digest))
     }
 }
 
@@ -186,7 +186,7 @@ ExecProcessRequest := {"allowed": true, "ops": []} {
     fn digest_is_sha256_of_the_text() {
         // SHA-256("abc"), FIPS 180-2 test vector.
         assert_eq!(
-            super::super::hex(&PolicyEngine::digest_of("abc")),
+            hex::encode(PolicyEngine::digest_of("abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

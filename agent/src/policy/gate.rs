@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use protobuf::MessageFull;
 
-use super::{hex, request_to_input_json, PolicyEngine, PolicyError};
+use super::{request_to_input_json, PolicyEngine, PolicyError};
 use crate::attestation::AttestationSource;
 
 /// Holds the active policy and the attestation source that binds it.
@@ -41,13 +41,13 @@ impl PolicyGate {
         let host_data = report.host_data();
         if digest != host_data {
             return Err(PolicyError::DigestMismatch {
-                policy: hex(&digest),
-                host_data: hex(&host_data),
+                policy: hex::encode(digest),
+                host_data: hex::encode(host_data),
             });
         }
         let engine = PolicyEngine::parse(text)?;
         tracing::info!(
-            digest = %hex(&digest),
+            digest = %hex::encode(digest),
             attestation = self.attestation.name(),
             "policy loaded"
         );

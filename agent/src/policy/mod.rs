@@ -63,8 +63,3 @@ pub enum PolicyError {
     #[error("request cannot be turned into policy input: {0}")]
     Input(String),
 }
-
-/// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}

@@ -1,6 +1,6 @@
 //! virtio-blk and virtio-vsock throughput, driven by the project's virtio test guests
 //! (`tests/guests/virtio_blk.c`, `virtio_vsock.c`, built by veil-tests) through the `veil`
-//! binary, the same way `vmm/tests/virtio_guests.rs` drives them:
+//! binary, the same way `veil/tests/virtio_guests.rs` drives them:
 //! - `blk.bench_mib=N`: N MiB written sequentially in 512 KiB requests (one in flight), a
 //!   flush, then read back; the guest reports TSC cycles for write+flush and for the read;
 //!   then 1024 4 KiB writes and 1024 4 KiB reads at pseudo-random offsets, one in flight.

@@ -88,7 +88,7 @@ fn measure(b: &Bench) -> Result<Outcome, SetupError> {
         SetupError::Missing("qemu-system-x86_64 missing (apt-get install qemu-system-x86)".into())
     })?;
     let vhost_vsock = vhost_device_vsock()?;
-    let veil = required(&b.tools.veil, "build it: cargo build --release -p veil-vmm")?;
+    let veil = required(&b.tools.veil, "build it: cargo build --release -p veil")?;
     let vmlinux = required(
         &b.vmlinux,
         "build it with guest/build-kernel.sh, or pass --vmlinux",

@@ -159,8 +159,7 @@ fn veil_args(config: &VmConfig, jail_user: &str) -> Result<Vec<OsString>, Sandbo
         if let Some(policy) = snp.policy {
             arg("--policy", format!("{policy:#x}").into());
         }
-        let host_data: String = snp.host_data.iter().map(|b| format!("{b:02x}")).collect();
-        arg("--host-data", host_data.into());
+        arg("--host-data", hex::encode(snp.host_data).into());
     }
     if let Some(initrd) = &config.initrd {
         arg("--initrd", initrd.into());

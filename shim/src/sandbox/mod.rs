@@ -59,11 +59,7 @@ pub enum SandboxError {
 /// are 64 characters and the sockets inside must fit a Unix socket path (108 bytes).
 pub fn sandbox_dir(state_dir: &Path, id: &str) -> PathBuf {
     use sha2::{Digest, Sha256};
-    let digest: String = Sha256::digest(id.as_bytes())
-        .iter()
-        .take(10)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = hex::encode(&Sha256::digest(id.as_bytes())[..10]);
     state_dir.join(digest)
 }
 

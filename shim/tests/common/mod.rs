@@ -68,7 +68,7 @@ pub fn agent_binary() -> PathBuf {
 /// The `veil` binary the shim runs jailed VMs with (found next to the shim), built now when
 /// this test run did not build it already.
 pub fn veil_binary() -> PathBuf {
-    workspace_binary("veil-vmm", "veil")
+    workspace_binary("veil", "veil")
 }
 
 /// `bin` of workspace package `package`, next to the shim, built when missing.
@@ -92,10 +92,7 @@ fn workspace_binary(package: &str, bin: &str) -> PathBuf {
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(data))
 }
 
 fn run(cmd: &mut Command) -> Output {

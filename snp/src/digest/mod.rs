@@ -42,8 +42,8 @@ pub enum DigestError {
     VmsaSize(usize),
     #[error("{0} pages are measured by content: use update_normal or update_vmsa")]
     NeedsContents(PageType),
-    #[error("launch digest {input:?} is not 96 hexadecimal characters")]
-    BadHex { input: String },
+    #[error("launch digest {input:?} is not 96 hexadecimal characters: {reason}")]
+    BadHex { input: String, reason: String },
 }
 
 /// A launch digest being accumulated, starting from 48 zero bytes like the firmware.
@@ -82,13 +82,14 @@ impl LaunchDigest {
 
     /// 96 lowercase hex characters.
     pub fn hex(&self) -> String {
-        crate::hex::encode(&self.ld)
+        hex::encode(self.ld)
     }
 
     /// Parses 96 hexadecimal characters.
     pub fn parse_hex(input: &str) -> Result<[u8; DIGEST_SIZE], DigestError> {
-        crate::hex::decode_array(input.trim()).ok_or_else(|| DigestError::BadHex {
+        crate::hex::decode_array(input.trim()).map_err(|e| DigestError::BadHex {
             input: input.to_string(),
+            reason: e.to_string(),
         })
     }
 

@@ -233,7 +233,7 @@ impl LaunchFirmware for InsecureModelFirmware {
         if let Some((block, auth)) = &finish.id {
             if block.ld != candidate.bytes() {
                 return Err(super::IdBlockError::Digest {
-                    expected: crate::hex::encode(&block.ld),
+                    expected: hex::encode(block.ld),
                     actual: candidate.hex(),
                 }
                 .into());

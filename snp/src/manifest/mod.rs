@@ -125,5 +125,5 @@ impl Manifest {
 /// SHA-256 as 64 lowercase hex characters.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    crate::hex::encode(&Sha256::digest(bytes))
+    hex::encode(Sha256::digest(bytes))
 }

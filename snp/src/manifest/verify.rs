@@ -54,7 +54,9 @@ fn invalid(path: &Path, why: String) -> ManifestError {
     }
 }
 
-fn is_hex(s: &str, len: usize) -> bool {
+/// `len` lowercase hex digits: the form `hex::encode` writes, since entries are compared with
+/// freshly computed digests as text (the `hex` crate decodes either case, so it cannot tell).
+fn is_lowercase_hex(s: &str, len: usize) -> bool {
     s.len() == len
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -91,7 +93,7 @@ pub fn read_manifest(path: &Path) -> Result<Manifest, ManifestError> {
         });
     }
     for (name, image) in &manifest.images {
-        if !is_hex(&image.sha256, 64) {
+        if !is_lowercase_hex(&image.sha256, 64) {
             return Err(invalid(
                 path,
                 format!("image {name}: sha256 is not 64 lowercase hex characters"),
@@ -122,7 +124,7 @@ pub fn read_manifest(path: &Path) -> Result<Manifest, ManifestError> {
     }
     parse_hex_u64(path, "igvm.policy", &recipe.policy)?;
     for entry in &manifest.launch_digests {
-        if !is_hex(&entry.measurement, 96) {
+        if !is_lowercase_hex(&entry.measurement, 96) {
             return Err(invalid(
                 path,
                 format!(
@@ -250,10 +252,10 @@ pub fn verify_manifest(path: &Path) -> Result<Verification, ManifestError> {
         );
         let mismatch = match (sig, digests.next()) {
             (Err(why), _) => Some(why),
-            (Ok(_), Some(d)) if crate::hex::encode(&d) == entry.measurement => None,
+            (Ok(_), Some(d)) if hex::encode(d) == entry.measurement => None,
             (Ok(_), Some(d)) => Some(format!(
                 "{} computed from {}, {} in the manifest",
-                crate::hex::encode(&d),
+                hex::encode(d),
                 recipe.image,
                 entry.measurement
             )),

@@ -77,7 +77,7 @@ pub fn build_manifest(input: &ManifestInput) -> Result<Manifest, ManifestError> 
             vcpus,
             vcpu_type: vcpu_type.to_string(),
             vcpu_sig: format!("{sig:#010x}"),
-            measurement: crate::hex::encode(&digest),
+            measurement: hex::encode(digest),
         })
         .collect();
     Ok(Manifest {

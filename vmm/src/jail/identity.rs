@@ -39,7 +39,7 @@ pub fn parse_user(spec: &str) -> Result<JailUser, JailError> {
 }
 
 /// The local account databases. Read directly, not through glibc's NSS: `veil` ships
-/// statically linked (vmm/build-dist.sh), and a static glibc cannot load NSS modules (a
+/// statically linked (veil/build-dist.sh), and a static glibc cannot load NSS modules (a
 /// lookup of an unknown name crashed it). A jail's user is a local system account.
 const PASSWD: &str = "/etc/passwd";
 const GROUP: &str = "/etc/group";

@@ -133,7 +133,7 @@ fn launch_through(
         .map_err(SnpLaunchError::ExpectedDigest)?;
     Ok(SnpLaunch {
         firmware: SnpFirmware::Kvm,
-        digest: veil_snp::hex::encode(&digest),
+        digest: hex::encode(digest),
         measured_bytes: plan.measured_bytes(),
         vcpu_signature: inputs.vcpu_signature,
         device_args_not_passed: Vec::new(),
@@ -288,7 +288,7 @@ mod tests {
         let launch = launch_through(&mut model, &ram, &plan, &inputs, &facts).unwrap();
 
         let expected = plan.launch_digest(2, inputs.vcpu_signature).unwrap();
-        assert_eq!(launch.digest, veil_snp::hex::encode(&expected));
+        assert_eq!(launch.digest, hex::encode(expected));
         assert_eq!(model.launch_digest().hex(), launch.digest);
         assert_eq!(launch.measured_bytes, 2 * PAGE_SIZE);
 

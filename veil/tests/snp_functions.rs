@@ -1,13 +1,15 @@
 //! The functions behind `veil measure` and `veil report verify`.
 
+// veil-snp's reference implementations (Python sev-snp-measure and friends), shared rather
+// than copied.
+#[path = "../../snp/tests/reference/mod.rs"]
 mod reference;
 
 use std::path::PathBuf;
 
-use veil_snp::cli::{run_measure, run_report_verify, MeasureArgs, ReportVerifyArgs};
+use veil_cli::snp::{run_measure, run_report_verify, MeasureArgs, ReportVerifyArgs};
 use veil_snp::firmware::model::InsecureModelFirmware;
 use veil_snp::firmware::{LaunchFinish, LaunchFirmware};
-use veil_snp::hex;
 use veil_snp::vmsa::{Vmsa, RESET_EIP};
 use veil_snp::{GuestPolicy, PageType};
 
@@ -87,7 +89,7 @@ fn args(f: &Fixture) -> ReportVerifyArgs {
     ReportVerifyArgs {
         report: f.report.clone(),
         measurement: Some(f.measurement.clone()),
-        host_data: Some(hex::encode(&[0x5c; 32])),
+        host_data: Some(hex::encode([0x5c; 32])),
         policy: Some("0x30000".into()),
         vcek: None,
         generation: None,
@@ -107,7 +109,7 @@ fn report_verify_accepts_the_model_report() {
 fn report_verify_names_each_mismatch() {
     let f = fixture();
     let mut a = args(&f);
-    a.host_data = Some(hex::encode(&[0; 32]));
+    a.host_data = Some(hex::encode([0; 32]));
     a.policy = Some("0x31000".into());
     let err = run_report_verify(&a).unwrap_err().to_string();
     assert!(err.contains("host_data mismatch"), "{err}");

@@ -1,5 +1,6 @@
-//! Command-line front ends for the `veil` binary: argument structs (clap derive) and functions
-//! that do the work and return the text to print. The binary only wires them up.
+//! The SEV-SNP commands of `veil` (measure, igvm build, report verify, guest manifests):
+//! clap argument structs and functions that do the work through `veil_snp` and return the
+//! text to print.
 
 mod guest_manifest;
 mod igvm_build;
@@ -29,15 +30,16 @@ pub enum CliError {
     #[error("building an IGVM from {kernel}: {source}")]
     IgvmBuild {
         kernel: PathBuf,
-        source: crate::igvm::BuildError,
+        source: veil_snp::igvm::BuildError,
     },
     #[error("{file} is larger than {limit} bytes")]
     TooLarge { file: PathBuf, limit: u64 },
-    #[error("--{flag} {value:?}: expected {bytes} bytes as hexadecimal")]
+    #[error("--{flag} {value:?}: expected {bytes} bytes as hexadecimal: {reason}")]
     BadHex {
         flag: &'static str,
         value: String,
         bytes: usize,
+        reason: hex::FromHexError,
     },
     #[error("--public-key {path}: not a P-384 public key in PEM: {why}")]
     BadPublicKey { path: PathBuf, why: String },
@@ -48,19 +50,19 @@ pub enum CliError {
     #[error("give either --vcpu-type or --vcpu-sig")]
     NoVcpuSignature,
     #[error(transparent)]
-    CpuType(#[from] crate::cpu_types::CpuTypeError),
+    CpuType(#[from] veil_snp::cpu_types::CpuTypeError),
     #[error(transparent)]
-    Igvm(#[from] crate::igvm::IgvmError),
+    Igvm(#[from] veil_snp::igvm::IgvmError),
     #[error(transparent)]
-    Ovmf(#[from] crate::ovmf::OvmfError),
+    Ovmf(#[from] veil_snp::ovmf::OvmfError),
     #[error(transparent)]
-    Report(#[from] crate::report::ReportError),
+    Report(#[from] veil_snp::report::ReportError),
     #[error(transparent)]
-    Verify(#[from] crate::report::VerifyError),
+    Verify(#[from] veil_snp::report::VerifyError),
     #[error(transparent)]
-    Policy(#[from] crate::policy::PolicyError),
+    Policy(#[from] veil_snp::policy::PolicyError),
     #[error(transparent)]
-    Manifest(#[from] crate::manifest::ManifestError),
+    Manifest(#[from] veil_snp::manifest::ManifestError),
 }
 
 /// Reads a whole file of at most `limit` bytes.
@@ -80,9 +82,10 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, CliError> {
 }
 
 fn parse_hex<const N: usize>(flag: &'static str, value: &str) -> Result<[u8; N], CliError> {
-    crate::hex::decode_array(value.trim()).ok_or_else(|| CliError::BadHex {
+    veil_snp::hex::decode_array(value.trim()).map_err(|reason| CliError::BadHex {
         flag,
         value: value.to_string(),
         bytes: N,
+        reason,
     })
 }

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use p384::ecdsa::VerifyingKey;
 
 use super::{parse_hex, read_bounded, CliError};
-use crate::report::{
+use veil_snp::report::{
     vcek_verifying_key, verify_report, AttestationReport, Expected, Generation, REPORT_SIZE,
 };
 
@@ -75,7 +75,7 @@ pub fn run_report_verify(args: &ReportVerifyArgs) -> Result<String, CliError> {
         policy: args
             .policy
             .as_deref()
-            .map(|v| crate::policy::GuestPolicy::from_hex(v, true).map(|p| p.raw()))
+            .map(|v| veil_snp::policy::GuestPolicy::from_hex(v, true).map(|p| p.raw()))
             .transpose()?,
     };
     let (key, signer) = match (&args.vcek, &args.public_key) {
@@ -102,8 +102,8 @@ pub fn run_report_verify(args: &ReportVerifyArgs) -> Result<String, CliError> {
         "attestation report verified (signed by {signer})\nversion: {}\npolicy: {:#x}\nmeasurement: {}\nhost_data: {}\nreport_data: {}",
         report.version(),
         report.policy(),
-        crate::hex::encode(&report.measurement()),
-        crate::hex::encode(&report.host_data()),
-        crate::hex::encode(&report.report_data()),
+        hex::encode(report.measurement()),
+        hex::encode(report.host_data()),
+        hex::encode(report.report_data()),
     ))
 }

@@ -1,3 +1,6 @@
+//! The `veil` binary: logging (only when `VEIL_LOG` asks for it), argument parsing, then
+//! [`veil_cli::cli::main`]. Everything else is in the `veil_cli` library and below it.
+
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -25,7 +28,7 @@ fn main() -> ExitCode {
             Err(e) => eprintln!("veil: ignoring VEIL_LOG={filter:?}: {e}"),
         }
     }
-    let cli = match veil_vmm::cli::Cli::try_parse() {
+    let cli = match veil_cli::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -38,5 +41,5 @@ fn main() -> ExitCode {
             };
         }
     };
-    veil_vmm::cli::main(cli, start)
+    veil_cli::cli::main(cli, start)
 }

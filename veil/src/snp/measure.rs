@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{read_bounded, CliError};
-use crate::cpu_types::signature_of;
-use crate::igvm::{load_igvm, plan::MAX_IGVM_SIZE};
-use crate::ovmf::{KernelHashes, Ovmf, DEFAULT_GUEST_FEATURES};
+use veil_snp::cpu_types::signature_of;
+use veil_snp::igvm::{load_igvm, plan::MAX_IGVM_SIZE};
+use veil_snp::ovmf::{KernelHashes, Ovmf, DEFAULT_GUEST_FEATURES};
 
 /// Firmware images are a few MiB; refuse anything absurd before reading it.
 const MAX_FIRMWARE: u64 = 16 << 20;
@@ -105,7 +105,7 @@ pub fn run_measure(args: &MeasureArgs) -> Result<String, CliError> {
         }
         (None, None) => return Err(CliError::NoMeasureSource),
     };
-    Ok(crate::hex::encode(&digest))
+    Ok(hex::encode(digest))
 }
 
 const _: () = assert!(DEFAULT_GUEST_FEATURES == 0x1);

@@ -3,7 +3,7 @@
 //! reports on its console and that the VMM lives on (or, for faults that end the VM, ends
 //! cleanly with its documented exit status and leaves nothing behind).
 //!
-//! Exit statuses of `veil run` (see `vmm/src/cli.rs`): 0 the guest ended the VM normally,
+//! Exit statuses of `veil run` (see `veil/src/cli.rs`): 0 the guest ended the VM normally,
 //! 1 an error before or while running, 2 the guest failed (triple fault, panic reset).
 //!
 //! Every wait is bounded by [`HANG_GUARD`]: it only turns a hang into a failure, never a

@@ -177,7 +177,7 @@ fn demo_boots_the_built_in_guest_and_reports_timings() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     let text = stdout(&out);
     assert!(
-        text.starts_with(&format!("{}\n", veil_vmm::demo::DEMO_GREETING)),
+        text.starts_with(&format!("{}\n", veil_cli::demo::DEMO_GREETING)),
         "{text}"
     );
     assert!(

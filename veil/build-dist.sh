@@ -16,7 +16,7 @@ repo_root=$(dirname "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")")
 
 case ${1:-} in
 -h | --help)
-    echo "usage: vmm/build-dist.sh    builds target/$TARGET/dist/veil (static-pie) and prints its path"
+    echo "usage: veil/build-dist.sh    builds target/$TARGET/dist/veil (static-pie) and prints its path"
     exit 0
     ;;
 "") ;;
@@ -32,7 +32,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps --offline 2>/dev/null |
 [[ -n $target_dir ]] || target_dir=$repo_root/target
 unset CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile dist --locked \
-    -p veil-vmm --bin veil --target "$TARGET" >&2
+    -p veil --bin veil --target "$TARGET" >&2
 veil=$target_dir/$TARGET/dist/veil
 [[ -x $veil ]] || {
     echo "build-dist: cargo did not produce $veil" >&2

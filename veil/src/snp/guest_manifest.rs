@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliError;
-use crate::igvm::build::DEFAULT_C_BIT;
-use crate::manifest::{build_manifest, verify_manifest, IgvmRecipe, ManifestError, ManifestInput};
-use crate::policy::GuestPolicy;
+use veil_snp::igvm::build::DEFAULT_C_BIT;
+use veil_snp::manifest::{
+    build_manifest, verify_manifest, IgvmRecipe, ManifestError, ManifestInput,
+};
+use veil_snp::policy::GuestPolicy;
 
 /// Arguments of `veil guest manifest`.
 #[derive(Args, Clone, Debug, PartialEq, Eq)]

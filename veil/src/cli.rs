@@ -7,16 +7,18 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{DEFAULT_CMDLINE, DEFAULT_KVM_DEVICE, DEFAULT_MEM_MIB};
-use crate::control::{self, ControlError};
-use crate::jail::relay::ChildEnd;
-use crate::jail::{self, Forked, JailConfig, JailError};
-use crate::seccomp::{self, SeccompLevel, ThreadKind};
-use crate::{
-    demo, BlockConfig, Console, CpuTemplate, KernelSource, NetConfig, Vm, VmConfig, VmError,
-    VmExit, VmOutcome, VsockConfig,
+use veil_vmm::config::{DEFAULT_CMDLINE, DEFAULT_KVM_DEVICE, DEFAULT_MEM_MIB};
+use veil_vmm::control::{self, ControlError};
+use veil_vmm::jail::relay::ChildEnd;
+use veil_vmm::jail::{self, Forked, JailConfig, JailError};
+use veil_vmm::seccomp::{self, SeccompLevel, ThreadKind};
+use veil_vmm::{
+    BlockConfig, Console, CpuTemplate, KernelSource, NetConfig, Vm, VmConfig, VmError, VmExit,
+    VmOutcome, VsockConfig,
 };
-use crate::{SnpConfig, SnpFirmware};
+use veil_vmm::{SnpConfig, SnpFirmware};
+
+use crate::{demo, signals, snp};
 
 /// Veil: a micro-VMM that runs each pod in its own (SEV-SNP) virtual machine.
 #[derive(Debug, Parser)]
@@ -33,7 +35,7 @@ pub enum Command {
     /// Boot the small built-in guest and report how long each stage of the boot took.
     Demo(MachineArgs),
     /// Print the expected SEV-SNP launch digest (96 hex characters), without hardware.
-    Measure(veil_snp::cli::MeasureArgs),
+    Measure(snp::MeasureArgs),
     /// IGVM files for SEV-SNP guests.
     Igvm {
         #[command(subcommand)]
@@ -54,21 +56,21 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum GuestCommand {
     /// Write a manifest: SHA-256 of each image, build inputs, launch digests of the IGVM.
-    Manifest(veil_snp::cli::ManifestArgs),
+    Manifest(snp::ManifestArgs),
     /// Check the images next to a manifest against it; exit status 1 on any mismatch.
-    VerifyManifest(veil_snp::cli::VerifyManifestArgs),
+    VerifyManifest(snp::VerifyManifestArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum IgvmCommand {
     /// Build an IGVM file that boots a Linux vmlinux directly as an SEV-SNP guest.
-    Build(veil_snp::cli::IgvmBuildArgs),
+    Build(snp::IgvmBuildArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
     /// Check a report's signature (VCEK chain or a public key) and expected fields.
-    Verify(veil_snp::cli::ReportVerifyArgs),
+    Verify(snp::ReportVerifyArgs),
 }
 
 /// Options shared by every command that boots a VM.
@@ -195,15 +197,8 @@ fn parse_policy(value: &str) -> Result<u64, String> {
 }
 
 fn parse_host_data(value: &str) -> Result<[u8; 32], String> {
-    let bad = || format!("{value:?} is not 32 bytes as 64 hexadecimal characters");
-    if value.len() != 64 || !value.is_ascii() {
-        return Err(bad());
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&value[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
+    veil_snp::hex::decode_array(value)
+        .map_err(|e| format!("{value:?} is not 32 bytes as 64 hexadecimal characters: {e}"))
 }
 
 /// An error the CLI reports before or instead of running the VM.
@@ -219,7 +214,7 @@ pub enum CliError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Snp(#[from] veil_snp::cli::CliError),
+    Snp(#[from] snp::CliError),
     #[error("--snp, --snp-firmware, --policy, --host-data and --model-report need --igvm")]
     SnpNeedsIgvm,
     #[error("invalid --disk '{spec}': {reason}")]
@@ -314,16 +309,16 @@ pub fn main(cli: Cli, start: Instant) -> ExitCode {
             });
             outcome.inspect(print_demo_report).map(Some)
         }
-        Command::Measure(args) => print_result(veil_snp::cli::run_measure(&args)),
+        Command::Measure(args) => print_result(snp::run_measure(&args)),
         Command::Igvm {
             command: IgvmCommand::Build(args),
-        } => print_result(veil_snp::cli::run_igvm_build(&args)),
+        } => print_result(snp::run_igvm_build(&args)),
         Command::Report {
             command: ReportCommand::Verify(args),
-        } => print_result(veil_snp::cli::run_report_verify(&args)),
+        } => print_result(snp::run_report_verify(&args)),
         Command::Guest {
             command: GuestCommand::Manifest(args),
-        } => print_result(veil_snp::cli::run_manifest(&args)),
+        } => print_result(snp::run_manifest(&args)),
         Command::Guest {
             command: GuestCommand::VerifyManifest(args),
         } => return verify_manifest(&args),
@@ -340,8 +335,8 @@ pub fn main(cli: Cli, start: Instant) -> ExitCode {
 
 /// `veil guest verify-manifest`: exit status 0 when everything matches, 1 on any mismatch
 /// or an unusable manifest.
-fn verify_manifest(args: &veil_snp::cli::VerifyManifestArgs) -> ExitCode {
-    match veil_snp::cli::run_verify_manifest(args) {
+fn verify_manifest(args: &snp::VerifyManifestArgs) -> ExitCode {
+    match snp::run_verify_manifest(args) {
         Ok((report, all_match)) => {
             println!("{report}");
             if all_match {
@@ -357,9 +352,7 @@ fn verify_manifest(args: &veil_snp::cli::VerifyManifestArgs) -> ExitCode {
     }
 }
 
-fn print_result(
-    result: Result<String, veil_snp::cli::CliError>,
-) -> Result<Option<VmOutcome>, CliError> {
+fn print_result(result: Result<String, snp::CliError>) -> Result<Option<VmOutcome>, CliError> {
     println!("{}", result?);
     Ok(None)
 }
@@ -632,7 +625,7 @@ fn print_demo_report(outcome: &VmOutcome) {
 /// SIGINT, SIGTERM and SIGHUP stop the VM cleanly instead of killing the process mid-flight.
 /// With `filtered`, the watching thread runs under the main thread's seccomp filter, installed
 /// before this returns (so before the guest starts).
-fn stop_on_signals(stop: crate::StopHandle, filtered: bool) -> Result<(), CliError> {
+fn stop_on_signals(stop: veil_vmm::StopHandle, filtered: bool) -> Result<(), CliError> {
     let filter = match filtered {
         true => Some(seccomp::filter(ThreadKind::Main).map_err(VmError::from)?),
         false => None,
@@ -643,86 +636,6 @@ fn stop_on_signals(stop: crate::StopHandle, filtered: bool) -> Result<(), CliErr
         Err(signals::WatchError::Io(e)) => {
             tracing::warn!("cannot watch termination signals: {e}");
             Ok(())
-        }
-    }
-}
-
-mod signals {
-    use std::sync::atomic::{AtomicI32, Ordering};
-
-    use crate::seccomp::{self, SeccompError, ThreadFilter, ThreadKind};
-
-    static RECEIVED: AtomicI32 = AtomicI32::new(0);
-
-    /// The termination signal that stopped the VM, if any.
-    pub fn received() -> Option<i32> {
-        match RECEIVED.load(Ordering::Acquire) {
-            0 => None,
-            s => Some(s),
-        }
-    }
-
-    fn termination_set() -> libc::sigset_t {
-        // SAFETY: sigemptyset/sigaddset only write the set we own.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                libc::sigaddset(&mut set, s);
-            }
-            set
-        }
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    pub enum WatchError {
-        #[error(transparent)]
-        Io(#[from] std::io::Error),
-        #[error(transparent)]
-        Seccomp(#[from] SeccompError),
-    }
-
-    /// Blocks the termination signals in this thread (and so in the threads it spawns later)
-    /// and calls `on_signal` from a dedicated thread when one arrives. With `filter`, that
-    /// thread installs it (the main thread's) before this returns.
-    pub fn watch(
-        on_signal: impl Fn() + Send + 'static,
-        filter: Option<ThreadFilter>,
-    ) -> Result<(), WatchError> {
-        let set = termination_set();
-        // SAFETY: `set` is a valid, initialised signal set.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc).into());
-        }
-        let (installed_tx, installed) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("veil-signals".into())
-            .spawn(move || {
-                let result = match &filter {
-                    Some(program) => seccomp::apply(ThreadKind::Main, program),
-                    None => Ok(()),
-                };
-                let ok = result.is_ok();
-                let _ = installed_tx.send(result);
-                if ok {
-                    wait_for_signals(set, on_signal);
-                }
-            })?;
-        installed
-            .recv()
-            .map_err(|_| std::io::Error::other("the signal thread died"))??;
-        Ok(())
-    }
-
-    fn wait_for_signals(set: libc::sigset_t, on_signal: impl Fn()) {
-        loop {
-            let mut signal = 0;
-            // SAFETY: `set` is valid and `signal` is a writable int.
-            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
-                RECEIVED.store(signal, Ordering::Release);
-                on_signal();
-            }
         }
     }
 }

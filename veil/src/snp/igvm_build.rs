@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{read_bounded, CliError};
-use crate::igvm::build::{build_igvm, BuildInput, DEFAULT_C_BIT};
-use crate::policy::{GuestPolicy, DEFAULT_POLICY};
+use veil_snp::igvm::build::{build_igvm, BuildInput, DEFAULT_C_BIT};
+use veil_snp::policy::{GuestPolicy, DEFAULT_POLICY};
 
 /// Largest kernel or initrd read.
 const MAX_BOOT_FILE: u64 = 1 << 30;
