@@ -1,11 +1,5 @@
-//! Hex for SEV-SNP values, through the `hex` crate: fixed-size values (digests, HOST_DATA,
-//! GUIDs) written with an optional `0x` prefix.
-
-/// Lowercase hex of `bytes` (the `hex` crate's), for the modules that call
-/// `crate::hex::encode` with borrowed arrays.
-pub fn encode(bytes: &[u8]) -> String {
-    hex::encode(bytes)
-}
+//! Fixed-size SEV-SNP values (digests, HOST_DATA, GUIDs) from hex with an optional `0x`
+//! prefix, through the `hex` crate (which has no prefix or fixed-size form of its own).
 
 /// Decodes exactly `N` bytes from `2 * N` hex digits (either case, optional `0x` prefix).
 /// Any other input, non-ASCII included, is an error saying what is wrong, never a panic.

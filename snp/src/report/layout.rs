@@ -45,8 +45,8 @@ impl std::fmt::Debug for AttestationReport {
         f.debug_struct("AttestationReport")
             .field("version", &self.version())
             .field("policy", &format_args!("{:#x}", self.policy()))
-            .field("measurement", &crate::hex::encode(&self.measurement()))
-            .field("host_data", &crate::hex::encode(&self.host_data()))
+            .field("measurement", &hex::encode(self.measurement()))
+            .field("host_data", &hex::encode(self.host_data()))
             .finish_non_exhaustive()
     }
 }

@@ -10,7 +10,6 @@ use p384::ecdsa::{Signature, VerifyingKey};
 use sev::certs::snp::{builtin, ca, Certificate, Chain, Verifiable};
 
 use super::AttestationReport;
-use crate::hex;
 
 /// AMD EPYC generations whose root keys are known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,16 +136,16 @@ pub fn verify_report(
     if let Some(want) = expected.measurement {
         if want != report.measurement() {
             problems.push(Problem::Measurement {
-                expected: hex::encode(&want),
-                actual: hex::encode(&report.measurement()),
+                expected: hex::encode(want),
+                actual: hex::encode(report.measurement()),
             });
         }
     }
     if let Some(want) = expected.host_data {
         if want != report.host_data() {
             problems.push(Problem::HostData {
-                expected: hex::encode(&want),
-                actual: hex::encode(&report.host_data()),
+                expected: hex::encode(want),
+                actual: hex::encode(report.host_data()),
             });
         }
     }
