@@ -119,7 +119,7 @@ fn a_model_report_of_the_pod_image_passes_and_wrong_inputs_fail() {
     let Some(pod) = project_pod() else { return };
     let dir = tempfile::tempdir().unwrap();
     let nonce = [0x5a; 64];
-    let nonce_hex = veil_snp::hex::encode(&nonce);
+    let nonce_hex = hex::encode(nonce);
     let (report, key) = model_report(&pod.join("pod.igvm"), POLICY, nonce, dir.path());
     let policy = dir.path().join("policy.rego");
     std::fs::write(&policy, POLICY).unwrap();
