@@ -4,7 +4,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::protocols::{agent, oci};
+use crate::protocols::{agent, oci, types};
 
 pub use crate::policy::ALLOW_ALL;
 
@@ -97,4 +97,41 @@ pub fn ephemeral_volume(name: &str) -> (agent::Storage, String) {
     s.fstype = "tmpfs".into();
     s.mount_point = mount_point.clone();
     (s, mount_point)
+}
+
+/// An UpdateInterfaceRequest giving the NIC with MAC `mac` the name `name`, `mtu` and the IPv4
+/// address `address/prefix` (what a shim tells the agent about a pod's CNI interface).
+pub fn interface_request(
+    name: &str,
+    mac: &str,
+    address: std::net::Ipv4Addr,
+    prefix: u8,
+    mtu: u16,
+) -> agent::UpdateInterfaceRequest {
+    let mut ip = types::IPAddress::new();
+    ip.family = types::IPFamily::v4.into();
+    ip.address = address.to_string();
+    ip.mask = prefix.to_string();
+    let mut iface = types::Interface::new();
+    iface.name = name.into();
+    iface.hwAddr = mac.into();
+    iface.mtu = mtu.into();
+    iface.IPAddresses = vec![ip];
+    let mut r = agent::UpdateInterfaceRequest::new();
+    r.interface = protobuf::MessageField::some(iface);
+    r
+}
+
+/// An UpdateRoutesRequest with one IPv4 default route via `gateway` on `device`.
+pub fn default_route_request(device: &str, gateway: std::net::Ipv4Addr) -> agent::UpdateRoutesRequest {
+    let mut route = types::Route::new();
+    route.dest = "default".into();
+    route.gateway = gateway.to_string();
+    route.device = device.into();
+    route.family = types::IPFamily::v4.into();
+    let mut routes = agent::Routes::new();
+    routes.Routes = vec![route];
+    let mut r = agent::UpdateRoutesRequest::new();
+    r.routes = protobuf::MessageField::some(routes);
+    r
 }
