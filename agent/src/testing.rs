@@ -123,7 +123,10 @@ pub fn interface_request(
 }
 
 /// An UpdateRoutesRequest with one IPv4 default route via `gateway` on `device`.
-pub fn default_route_request(device: &str, gateway: std::net::Ipv4Addr) -> agent::UpdateRoutesRequest {
+pub fn default_route_request(
+    device: &str,
+    gateway: std::net::Ipv4Addr,
+) -> agent::UpdateRoutesRequest {
     let mut route = types::Route::new();
     route.dest = "default".into();
     route.gateway = gateway.to_string();

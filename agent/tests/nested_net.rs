@@ -194,5 +194,8 @@ async fn scenario(net: &TapNetwork) {
         outcome.exit,
         vm.console.text()
     );
-    assert!(!Path::new(&vm.uds).exists(), "the vsock socket outlived the VM");
+    assert!(
+        !Path::new(&vm.uds).exists(),
+        "the vsock socket outlived the VM"
+    );
 }

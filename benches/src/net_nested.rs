@@ -88,10 +88,7 @@ pub enum NetBenchError {
     Runtime(#[source] std::io::Error),
 }
 
-fn io<'a>(
-    what: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> NetBenchError + 'a {
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> NetBenchError + 'a {
     move |source| NetBenchError::Io {
         what,
         path: path.to_owned(),

@@ -172,11 +172,7 @@ impl TapNetwork {
 }
 
 /// Connects to `addr:port`, retrying while the server comes up, for at most `limit`.
-pub fn connect_retrying(
-    addr: Ipv4Addr,
-    port: u16,
-    limit: Duration,
-) -> std::io::Result<TcpStream> {
+pub fn connect_retrying(addr: Ipv4Addr, port: u16, limit: Duration) -> std::io::Result<TcpStream> {
     let started = Instant::now();
     loop {
         match TcpStream::connect((addr, port)) {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use veil_agent::client::AgentClient;
 use veil_agent::protocols::agent;
-use veil_tests::Capture;
 use veil_tests::netns::Netns;
+use veil_tests::Capture;
 use veil_vmm::{
     BlockConfig, Console, KernelSource, NetConfig, Vm, VmConfig, VmOutcome, VsockConfig,
 };
@@ -43,12 +43,7 @@ impl PodVm {
         Self::build(dir, host_data, 1, Some((net, netns)))
     }
 
-    fn build(
-        dir: &Path,
-        host_data: &str,
-        disks: usize,
-        net: Option<(NetConfig, &Netns)>,
-    ) -> Self {
+    fn build(dir: &Path, host_data: &str, disks: usize, net: Option<(NetConfig, &Netns)>) -> Self {
         let kernel = veil_tests::guest_kernel("vmlinux");
         let initrd = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/guest-initramfs/initramfs.cpio.gz");

@@ -22,14 +22,12 @@ const RESULT_FILE: &str = "net-result.json";
 /// L1's boot and shutdown, on top of the measurements' own budget.
 const L1_MARGIN: Duration = Duration::from_secs(240);
 
-
 fn measure(b: &Bench) -> Result<crate::sections::nested::Outcome<NetResult>, SetupError> {
-    let script = inner_script("--net-inner", PLAN_FILE, RESULT_FILE).map_err(|source| {
-        SetupError::Io {
+    let script =
+        inner_script("--net-inner", PLAN_FILE, RESULT_FILE).map_err(|source| SetupError::Io {
             what: "the harness's own path".into(),
             source,
-        }
-    })?;
+        })?;
     let command = L1Command::new(script)?;
     let scratch = command.scratch().to_owned();
     let budget = b.plan.net_budget;
@@ -46,8 +44,12 @@ fn measure(b: &Bench) -> Result<crate::sections::nested::Outcome<NetResult>, Set
 type Measure = (&'static str, &'static str, fn(&NetRun) -> Option<f64>);
 
 const MEASURES: [Measure; 2] = [
-    ("1-byte TCP request/response, median per VM", "us", |r| r.rr_median_us),
-    ("TCP stream echoed (each way)", "MiB/s", |r| r.stream_mib_per_s),
+    ("1-byte TCP request/response, median per VM", "us", |r| {
+        r.rr_median_us
+    }),
+    ("TCP stream echoed (each way)", "MiB/s", |r| {
+        r.stream_mib_per_s
+    }),
 ];
 
 /// Figures and veil/QEMU ratios; fails the section when either VMM has no figure.
@@ -60,7 +62,10 @@ pub fn report(section: &mut Section, result: &NetResult) {
     }
     for (label, unit, get) in MEASURES {
         let mut summaries = Vec::new();
-        for vmm in [crate::nested::NestedVmm::Veil, crate::nested::NestedVmm::Qemu] {
+        for vmm in [
+            crate::nested::NestedVmm::Veil,
+            crate::nested::NestedVmm::Qemu,
+        ] {
             let samples: Vec<f64> = result
                 .runs
                 .iter()
