@@ -122,18 +122,30 @@ pub fn interface_request(
     r
 }
 
-/// An UpdateRoutesRequest with one IPv4 default route via `gateway` on `device`.
-pub fn default_route_request(
+/// An UpdateRoutesRequest with the routes a CNI namespace lists for `device` with address
+/// `address/prefix`: the link-scope subnet route (with its source) and the default route via
+/// `gateway` (UpdateRoutes replaces the main table, subnet route included).
+pub fn routes_request(
     device: &str,
+    address: std::net::Ipv4Addr,
+    prefix: u8,
     gateway: std::net::Ipv4Addr,
 ) -> agent::UpdateRoutesRequest {
-    let mut route = types::Route::new();
-    route.dest = "default".into();
-    route.gateway = gateway.to_string();
-    route.device = device.into();
-    route.family = types::IPFamily::v4.into();
+    let network = u32::from(address) & (u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0));
+    let mut subnet = types::Route::new();
+    subnet.dest = format!("{}/{prefix}", std::net::Ipv4Addr::from(network));
+    subnet.device = device.into();
+    subnet.source = address.to_string();
+    // RT_SCOPE_LINK: the subnet is reached directly on the link.
+    subnet.scope = 253;
+    subnet.family = types::IPFamily::v4.into();
+    let mut default = types::Route::new();
+    default.dest = "default".into();
+    default.gateway = gateway.to_string();
+    default.device = device.into();
+    default.family = types::IPFamily::v4.into();
     let mut routes = agent::Routes::new();
-    routes.Routes = vec![route];
+    routes.Routes = vec![subnet, default];
     let mut r = agent::UpdateRoutesRequest::new();
     r.routes = protobuf::MessageField::some(routes);
     r

@@ -19,7 +19,7 @@ use common::*;
 use pod_vm::PodVm;
 use veil_agent::client::AgentClient;
 use veil_agent::protocols::{agent, oci};
-use veil_agent::testing::{default_route_request, interface_request};
+use veil_agent::testing::{interface_request, routes_request};
 use veil_tests::nested::run_test_in_l1;
 use veil_tests::netns::{connect_retrying, echo_through, pattern, TapNetwork};
 
@@ -115,7 +115,15 @@ async fn scenario(net: &TapNetwork) {
     assert_eq!(configured.name, "eth1");
     client
         .agent
-        .update_routes(ctx(), &default_route_request("eth1", TapNetwork::PEER_IP))
+        .update_routes(
+            ctx(),
+            &routes_request(
+                "eth1",
+                TapNetwork::GUEST_IP,
+                TapNetwork::PREFIX,
+                TapNetwork::PEER_IP,
+            ),
+        )
         .await
         .unwrap_or_else(|e| panic!("UpdateRoutes: {e:?}"));
     let routes = client

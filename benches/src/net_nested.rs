@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use veil_agent::testing::{default_route_request, interface_request, sha256_hex, ALLOW_ALL};
+use veil_agent::testing::{interface_request, routes_request, sha256_hex, ALLOW_ALL};
 use veil_tests::netns::{connect_retrying, measure_echo, TapNetwork};
 
 use crate::nested::{
@@ -215,7 +215,12 @@ fn one_run(
             client.agent.update_interface(ctx(), &iface),
         )
         .await?;
-        let route = default_route_request(GUEST_IF, TapNetwork::PEER_IP);
+        let route = routes_request(
+            GUEST_IF,
+            TapNetwork::GUEST_IP,
+            TapNetwork::PREFIX,
+            TapNetwork::PEER_IP,
+        );
         bounded("UpdateRoutes", client.agent.update_routes(ctx(), &route)).await?;
         let (round_trips, stream_bytes) = (plan.round_trips, plan.stream_mib << 20);
         let figures = net
