@@ -150,3 +150,45 @@ pub fn routes_request(
     r.routes = protobuf::MessageField::some(routes);
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn routes_are_the_subnet_then_the_default() {
+        let r = routes_request(
+            "eth0",
+            Ipv4Addr::new(198, 18, 1, 7),
+            23,
+            Ipv4Addr::new(198, 18, 0, 1),
+        );
+        let routes = &r.routes.Routes;
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].dest, "198.18.0.0/23");
+        assert_eq!(routes[0].source, "198.18.1.7");
+        assert_eq!(routes[0].scope, 253);
+        assert_eq!(routes[1].dest, "default");
+        assert_eq!(routes[1].gateway, "198.18.0.1");
+        assert!(routes.iter().all(|r| r.device == "eth0"));
+    }
+
+    #[test]
+    fn the_interface_carries_mac_address_and_mtu() {
+        let r = interface_request(
+            "eth1",
+            "02:00:00:00:00:01",
+            Ipv4Addr::new(10, 0, 0, 2),
+            24,
+            1400,
+        );
+        let iface = r.interface.as_ref().unwrap();
+        assert_eq!(
+            (iface.name.as_str(), iface.hwAddr.as_str(), iface.mtu),
+            ("eth1", "02:00:00:00:00:01", 1400)
+        );
+        assert_eq!(iface.IPAddresses[0].address, "10.0.0.2");
+        assert_eq!(iface.IPAddresses[0].mask, "24");
+    }
+}
