@@ -265,3 +265,59 @@ pub fn measure_echo(
         stream_mib_per_s: stream_bytes as f64 / (1 << 20) as f64 / secs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// An echo server on loopback for `connections` connections; returns its port.
+    fn echo_server(connections: usize) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(connections) {
+                let mut stream = stream.unwrap();
+                let mut back = stream.try_clone().unwrap();
+                std::thread::spawn(move || std::io::copy(&mut stream, &mut back));
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn echo_through_returns_what_was_sent() {
+        let port = echo_server(1);
+        let stream = connect_retrying(Ipv4Addr::LOCALHOST, port, Duration::from_secs(5)).unwrap();
+        let sent = pattern(300 << 10);
+        assert_eq!(echo_through(stream, sent.clone()).unwrap(), sent);
+    }
+
+    #[test]
+    fn measure_echo_times_every_round_trip_and_the_stream() {
+        let port = echo_server(1);
+        let stream = connect_retrying(Ipv4Addr::LOCALHOST, port, Duration::from_secs(5)).unwrap();
+        let figures = measure_echo(stream, 20, 1 << 20).unwrap();
+        assert_eq!(figures.round_trip_us.len(), 20);
+        assert!(figures.stream_mib_per_s > 0.0);
+    }
+
+    #[test]
+    fn a_server_that_does_not_echo_is_an_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Answers every byte with a different one.
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut byte = [0u8; 1];
+            while s.read_exact(&mut byte).is_ok() {
+                if s.write_all(&[byte[0] ^ 0xff]).is_err() {
+                    break;
+                }
+            }
+        });
+        let stream = connect_retrying(Ipv4Addr::LOCALHOST, port, Duration::from_secs(5)).unwrap();
+        let err = measure_echo(stream, 3, 1024).unwrap_err();
+        assert!(err.to_string().contains("differs"), "{err}");
+    }
+}
