@@ -1,7 +1,7 @@
 //! Pod networking under a real (nested) KVM, Veil's virtio-net against QEMU's: the host side
 //! boots one L1 and re-runs this binary inside it (`--net-inner PLAN`), which makes two network
 //! namespaces joined by a veth with a tap tied to it (`veil_tests::netns::TapNetwork`, the
-//! shim's tcfilter model), boots the pod guest on that tap under each VMM in turn (the pod VM
+//! shim's tcfilter model), boots the pod guest on that tap under each VMM in turn (the VMM process joins the namespace before exec) (the pod VM
 //! of `crate::nested`, plus a NIC), tells the agent the interface and route, starts a busybox
 //! echo container, and from the peer namespace times 1-byte request/responses and a stream
 //! echoed both ways. Results are written as JSON after every run.
@@ -9,6 +9,9 @@
 //! Everything in L1 is emulated: only the veil/QEMU ratios measured inside the same L1 mean
 //! anything.
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -113,15 +116,25 @@ pub fn nic_args(vmm: NestedVmm) -> Vec<String> {
     }
 }
 
-/// `command` with the NIC added, run inside the network namespace `netns`.
-fn in_netns_with_nic(command: Command, vmm: NestedVmm, netns: &str) -> Command {
-    let mut wrapped = Command::new("ip");
-    wrapped
-        .args(["netns", "exec", netns])
-        .arg(command.get_program())
-        .args(command.get_args())
-        .args(nic_args(vmm));
-    wrapped
+/// `command` with the NIC added, its process joining the network namespace `netns` between
+/// fork and exec (the VMM opens the tap there; errors still name the VMM).
+fn in_netns_with_nic(mut command: Command, vmm: NestedVmm, netns: File) -> Command {
+    command.args(nic_args(vmm));
+    let fd = netns.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec and makes only the setns
+    // system call (async-signal-safe) on `fd`, which is open: the File lives in the closure,
+    // which the Command owns until it is dropped after spawning.
+    unsafe {
+        command.pre_exec(move || {
+            let _open = &netns;
+            if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    command
 }
 
 /// The inner run: reads the plan, measures, writes the result. Runs inside L1.
@@ -190,9 +203,14 @@ fn one_run(
 ) -> Result<(), NestedError> {
     let uds = dir.join("vsock.sock");
     let cmdline = cmdline(vmm, &sha256_hex(ALLOW_ALL));
-    let netns = net.vm.name().to_string();
+    let ns_path = net.vm.path();
+    let netns = File::open(&ns_path).map_err(|source| NestedError::Io {
+        what: "cannot open the network namespace",
+        path: ns_path,
+        source,
+    })?;
     let (mut process, _) = launch(&plan.vms, vmm, disk, dir, &cmdline, |c| {
-        in_netns_with_nic(c, vmm, &netns)
+        in_netns_with_nic(c, vmm, netns)
     })?;
     let vm = &mut process.vm;
     let measured = runtime.block_on(async {
@@ -264,20 +282,18 @@ mod tests {
     }
 
     #[test]
-    fn the_vmm_runs_in_the_namespace_with_its_arguments_kept() {
+    fn the_vmm_keeps_its_name_and_arguments_and_gets_the_nic() {
         let mut c = Command::new("/v/veil");
         c.args(["run", "--vcpus", "2"]);
-        let wrapped = in_netns_with_nic(c, NestedVmm::Veil, "ns1");
-        let args: Vec<_> = wrapped
+        let netns = File::open("/proc/self/ns/net").unwrap();
+        let c = in_netns_with_nic(c, NestedVmm::Veil, netns);
+        let args: Vec<_> = c
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        assert_eq!(wrapped.get_program(), "ip");
-        assert_eq!(
-            args[..7],
-            ["netns", "exec", "ns1", "/v/veil", "run", "--vcpus", "2"]
-        );
-        assert_eq!(args[7], "--net");
+        assert_eq!(c.get_program(), "/v/veil");
+        assert_eq!(args[..3], ["run", "--vcpus", "2"]);
+        assert_eq!(args[3..], nic_args(NestedVmm::Veil));
     }
 
     #[test]
