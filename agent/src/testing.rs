@@ -4,7 +4,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::protocols::{agent, oci};
+use crate::protocols::{agent, oci, types};
 
 pub use crate::policy::ALLOW_ALL;
 
@@ -94,4 +94,98 @@ pub fn ephemeral_volume(name: &str) -> (agent::Storage, String) {
     s.fstype = "tmpfs".into();
     s.mount_point = mount_point.clone();
     (s, mount_point)
+}
+
+/// An UpdateInterfaceRequest giving the NIC with MAC `mac` the name `name`, `mtu` and the IPv4
+/// address `address/prefix` (what a shim tells the agent about a pod's CNI interface).
+pub fn interface_request(
+    name: &str,
+    mac: &str,
+    address: std::net::Ipv4Addr,
+    prefix: u8,
+    mtu: u16,
+) -> agent::UpdateInterfaceRequest {
+    let mut ip = types::IPAddress::new();
+    ip.family = types::IPFamily::v4.into();
+    ip.address = address.to_string();
+    ip.mask = prefix.to_string();
+    let mut iface = types::Interface::new();
+    iface.name = name.into();
+    iface.hwAddr = mac.into();
+    iface.mtu = mtu.into();
+    iface.IPAddresses = vec![ip];
+    let mut r = agent::UpdateInterfaceRequest::new();
+    r.interface = protobuf::MessageField::some(iface);
+    r
+}
+
+/// An UpdateRoutesRequest with the routes a CNI namespace lists for `device` with address
+/// `address/prefix`: the link-scope subnet route (with its source) and the default route via
+/// `gateway` (UpdateRoutes replaces the main table, subnet route included).
+pub fn routes_request(
+    device: &str,
+    address: std::net::Ipv4Addr,
+    prefix: u8,
+    gateway: std::net::Ipv4Addr,
+) -> agent::UpdateRoutesRequest {
+    let network = u32::from(address) & (u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0));
+    let mut subnet = types::Route::new();
+    subnet.dest = format!("{}/{prefix}", std::net::Ipv4Addr::from(network));
+    subnet.device = device.into();
+    subnet.source = address.to_string();
+    // RT_SCOPE_LINK: the subnet is reached directly on the link.
+    subnet.scope = 253;
+    subnet.family = types::IPFamily::v4.into();
+    let mut default = types::Route::new();
+    default.dest = "default".into();
+    default.gateway = gateway.to_string();
+    default.device = device.into();
+    default.family = types::IPFamily::v4.into();
+    let mut routes = agent::Routes::new();
+    routes.Routes = vec![subnet, default];
+    let mut r = agent::UpdateRoutesRequest::new();
+    r.routes = protobuf::MessageField::some(routes);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn routes_are_the_subnet_then_the_default() {
+        let r = routes_request(
+            "eth0",
+            Ipv4Addr::new(198, 18, 1, 7),
+            23,
+            Ipv4Addr::new(198, 18, 0, 1),
+        );
+        let routes = &r.routes.Routes;
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].dest, "198.18.0.0/23");
+        assert_eq!(routes[0].source, "198.18.1.7");
+        assert_eq!(routes[0].scope, 253);
+        assert_eq!(routes[1].dest, "default");
+        assert_eq!(routes[1].gateway, "198.18.0.1");
+        assert!(routes.iter().all(|r| r.device == "eth0"));
+    }
+
+    #[test]
+    fn the_interface_carries_mac_address_and_mtu() {
+        let r = interface_request(
+            "eth1",
+            "02:00:00:00:00:01",
+            Ipv4Addr::new(10, 0, 0, 2),
+            24,
+            1400,
+        );
+        let iface = r.interface.as_ref().unwrap();
+        assert_eq!(
+            (iface.name.as_str(), iface.hwAddr.as_str(), iface.mtu),
+            ("eth1", "02:00:00:00:00:01", 1400)
+        );
+        assert_eq!(iface.IPAddresses[0].address, "10.0.0.2");
+        assert_eq!(iface.IPAddresses[0].mask, "24");
+    }
 }

@@ -39,6 +39,12 @@ pub struct Plan {
     /// time after which no further round starts there.
     pub nested_pod_rounds: usize,
     pub nested_pod_budget: Duration,
+    /// Pod network inside one L1: rounds (each boots veil and QEMU once), 1-byte TCP round
+    /// trips and MiB streamed per VM, and the time after which no further round starts.
+    pub net_rounds: usize,
+    pub net_round_trips: usize,
+    pub net_stream_mib: usize,
+    pub net_budget: Duration,
 }
 
 impl Plan {
@@ -63,6 +69,10 @@ impl Plan {
             nested_budget: Duration::from_secs(150),
             nested_pod_rounds: 2,
             nested_pod_budget: Duration::from_secs(120),
+            net_rounds: 1,
+            net_round_trips: 200,
+            net_stream_mib: 8,
+            net_budget: Duration::from_secs(60),
         }
     }
 
@@ -87,6 +97,10 @@ impl Plan {
             nested_budget: Duration::from_secs(1800),
             nested_pod_rounds: 7,
             nested_pod_budget: Duration::from_secs(1500),
+            net_rounds: 3,
+            net_round_trips: 1000,
+            net_stream_mib: 32,
+            net_budget: Duration::from_secs(900),
         }
     }
 }

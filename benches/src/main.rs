@@ -50,6 +50,9 @@ struct Args {
     /// Internal: the nested pod-start measurements, run inside L1 from the plan in this file.
     #[arg(long, value_name = "PLAN", hide = true)]
     pod_start_inner: Option<PathBuf>,
+    /// Internal: the nested network measurements, run inside L1 from the plan in this file.
+    #[arg(long, value_name = "PLAN", hide = true)]
+    net_inner: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +260,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("veil-benches: nested measurements: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(plan) = &args.net_inner {
+        return match veil_benches::net_nested::inner_main(plan) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("veil-benches: nested network measurements: {e}");
                 ExitCode::FAILURE
             }
         };

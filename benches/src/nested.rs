@@ -244,7 +244,7 @@ pub fn qemu_command(plan: &InnerPlan, disk: &Path, vhost: &Path, cmdline: &str) 
 }
 
 /// Kills and reaps a helper process on drop.
-struct Helper(Child);
+pub struct Helper(Child);
 
 impl Drop for Helper {
     fn drop(&mut self) {
@@ -308,18 +308,25 @@ fn write_result(path: &Path, result: &InnerResult) -> Result<(), NestedError> {
     std::fs::write(path, json).map_err(io("cannot write", path))
 }
 
-/// Boots the pod VM once under `vmm` and fills `record` as far as it gets.
-fn one_run(
-    runtime: &tokio::runtime::Runtime,
+/// A pod VM's VMM process, with vhost-device-vsock beside it under QEMU.
+pub struct PodVmProcess {
+    pub vm: Launched,
+    _vhost: Option<Helper>,
+}
+
+/// Spawns the pod VM under `vmm` (its sockets in `dir`), passing the VMM's command through
+/// `adjust` first (extra devices, a network namespace), and waits until the kernel starts
+/// init; returns the process and when the kernel printed its first line.
+pub fn launch(
     plan: &InnerPlan,
     vmm: NestedVmm,
     disk: &Path,
     dir: &Path,
     cmdline: &str,
-    record: &mut RunRecord,
-) -> Result<(), NestedError> {
+    adjust: impl FnOnce(Command) -> Command,
+) -> Result<(PodVmProcess, Instant), NestedError> {
     let uds = dir.join("vsock.sock");
-    let (command, _helper) = match vmm {
+    let (command, vhost) = match vmm {
         NestedVmm::Veil => (veil_command(plan, disk, &uds, cmdline), None),
         NestedVmm::Qemu => {
             // vhost-device-vsock serves the hybrid socket for QEMU's vsock device; it must be
@@ -350,28 +357,56 @@ fn one_run(
             (qemu_command(plan, disk, &vhost, cmdline), Some(helper))
         }
     };
-    let mut vm = Launched::spawn(command)?;
+    let mut vm = Launched::spawn(adjust(command))?;
     let line = vm.wait_for_line(LINUX_VERSION, FIRST_LINE_LIMIT)?;
-    record.first_line_ms = Some(ms_between(vm.spawned_at, line));
     // The agent is not tried before the kernel starts init, under either VMM:
     // vhost-device-vsock can stop answering connections made before the guest's vsock driver
     // is up.
     vm.wait_for_line(INIT_LINE, AGENT_LIMIT)?;
-    let pod = runtime.block_on(pod(&mut vm, &uds, record));
+    Ok((PodVmProcess { vm, _vhost: vhost }, line))
+}
+
+/// Boots the pod VM once under `vmm` and fills `record` as far as it gets.
+fn one_run(
+    runtime: &tokio::runtime::Runtime,
+    plan: &InnerPlan,
+    vmm: NestedVmm,
+    disk: &Path,
+    dir: &Path,
+    cmdline: &str,
+    record: &mut RunRecord,
+) -> Result<(), NestedError> {
+    let uds = dir.join("vsock.sock");
+    let (mut process, line) = launch(plan, vmm, disk, dir, cmdline, |c| c)?;
+    let vm = &mut process.vm;
+    record.first_line_ms = Some(ms_between(vm.spawned_at, line));
+    let pod = runtime.block_on(pod(vm, &uds, record));
     if let Err(e) = pod {
-        let console = vm.remaining_lines(Duration::from_millis(200));
-        return Err(match e {
+        return Err(with_console(e, vm, dir));
+    }
+    finish(vm, record)
+}
+
+/// Adds the console's and vhost-device-vsock's last lines to an agent that never answered.
+pub fn with_console(e: NestedError, vm: &mut Launched, dir: &Path) -> NestedError {
+    match e {
+        NestedError::NoAgent {
+            limit, state, last, ..
+        } => {
+            let console = vm.remaining_lines(Duration::from_millis(200));
             NestedError::NoAgent {
-                limit, state, last, ..
-            } => NestedError::NoAgent {
                 limit,
                 state,
                 last,
                 console: tail(&console, 12) + &vhost_log(dir),
-            },
-            e => e,
-        });
+            }
+        }
+        e => e,
     }
+}
+
+/// Waits for the VMM to exit after DestroySandbox and checks it exited 0.
+pub fn finish(vm: &mut Launched, record: &mut RunRecord) -> Result<(), NestedError> {
     let ended = vm.wait(EXIT_LIMIT)?;
     record.exit_status = Some(ended.status);
     if ended.status != 0 {
@@ -396,7 +431,7 @@ fn tail(lines: &[String], n: usize) -> String {
 }
 
 /// Bounds one agent call.
-async fn bounded<T>(
+pub async fn bounded<T>(
     call: &'static str,
     f: impl std::future::Future<Output = ttrpc::Result<T>>,
 ) -> Result<T, NestedError> {
@@ -410,15 +445,18 @@ async fn bounded<T>(
     }
 }
 
-fn ctx() -> ttrpc::context::Context {
+pub fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(0)
 }
 
-/// Waits for the agent's first answer, runs `echo hello` in a container, reads its first
-/// output byte, and destroys the sandbox.
-async fn pod(vm: &mut Launched, uds: &Path, record: &mut RunRecord) -> Result<(), NestedError> {
+/// Waits for the agent's first answer (a refusal: no policy is set yet) and returns the
+/// client and when it answered.
+pub async fn wait_for_agent(
+    vm: &mut Launched,
+    uds: &Path,
+) -> Result<(AgentClient, Instant), NestedError> {
     let mut last = String::from("none");
-    let client = loop {
+    loop {
         if vm.spawned_at.elapsed() > AGENT_LIMIT {
             return Err(NestedError::NoAgent {
                 limit: AGENT_LIMIT,
@@ -440,11 +478,9 @@ async fn pod(vm: &mut Launched, uds: &Path, record: &mut RunRecord) -> Result<()
             Ok(Ok(client)) => {
                 let request = agent::GuestDetailsRequest::new();
                 let details = client.agent.get_guest_details(ctx(), &request);
-                // No policy is set yet, so the agent refuses: a refusal is its answer.
                 match tokio::time::timeout(CALL_LIMIT, details).await {
                     Ok(Ok(_)) | Ok(Err(ttrpc::Error::RpcStatus(_))) => {
-                        record.agent_ms = Some(ms_between(vm.spawned_at, Instant::now()));
-                        break client;
+                        return Ok((client, Instant::now()))
                     }
                     Ok(Err(e)) => last = format!("GetGuestDetails: {e:?}"),
                     Err(_) => last = format!("GetGuestDetails: no answer in {CALL_LIMIT:?}"),
@@ -454,24 +490,52 @@ async fn pod(vm: &mut Launched, uds: &Path, record: &mut RunRecord) -> Result<()
             Err(_) => last = format!("connect: no answer in {CALL_LIMIT:?}"),
         }
         tokio::time::sleep(POLL).await;
-    };
+    }
+}
 
+/// Sets the allow-all policy and starts container `id` running `args` from `/dev/vda`.
+pub async fn start_container(
+    client: &AgentClient,
+    id: &str,
+    args: &[&str],
+) -> Result<(), NestedError> {
     let mut set = agent::SetPolicyRequest::new();
     set.policy = ALLOW_ALL.into();
     bounded("SetPolicy", client.agent.set_policy(ctx(), &set)).await?;
-    let create = create_request("hello", "/dev/vda", &["echo", "hello"]);
+    let create = create_request(id, "/dev/vda", args);
     bounded(
         "CreateContainer",
         client.agent.create_container(ctx(), &create),
     )
     .await?;
     let mut start = agent::StartContainerRequest::new();
-    start.container_id = "hello".into();
+    start.container_id = id.into();
     bounded(
         "StartContainer",
         client.agent.start_container(ctx(), &start),
     )
     .await?;
+    Ok(())
+}
+
+/// Ends the sandbox: the agent powers the guest off.
+pub async fn destroy_sandbox(client: &AgentClient) -> Result<(), NestedError> {
+    bounded(
+        "DestroySandbox",
+        client
+            .agent
+            .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new()),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Waits for the agent's first answer, runs `echo hello` in a container, reads its first
+/// output byte, and destroys the sandbox.
+async fn pod(vm: &mut Launched, uds: &Path, record: &mut RunRecord) -> Result<(), NestedError> {
+    let (client, answered) = wait_for_agent(vm, uds).await?;
+    record.agent_ms = Some(ms_between(vm.spawned_at, answered));
+    start_container(&client, "hello", &["echo", "hello"]).await?;
     let read = async {
         loop {
             let data = bounded(
@@ -490,14 +554,7 @@ async fn pod(vm: &mut Launched, uds: &Path, record: &mut RunRecord) -> Result<()
         .await
         .map_err(|_| NestedError::NoOutput)??;
     record.output_ms = Some(ms_between(vm.spawned_at, at));
-    bounded(
-        "DestroySandbox",
-        client
-            .agent
-            .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new()),
-    )
-    .await?;
-    Ok(())
+    destroy_sandbox(&client).await
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use common::cri::*;
 use common::*;
 use k8s_cri::v1::*;
 use veil_tests::nested::run_test_in_l1;
+use veil_tests::netns::{connect_retrying, echo_through, measure_echo, pattern, Netns};
 
 const PEER_NETNS: &str = "veil-peer";
 const POD_IP: &str = "198.18.0.2";
@@ -69,31 +69,10 @@ fn sh(script: &str) {
     assert!(out.status.success(), "{script}: {}", describe(&out));
 }
 
-/// Runs `work` on a thread inside the peer namespace.
-fn in_peer<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(format!("/run/netns/{PEER_NETNS}")).unwrap();
-        // SAFETY: setns on an fd we own; only this thread changes namespace.
-        assert_eq!(
-            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
-        work()
-    })
-    .join()
-    .unwrap()
-}
-
 /// Connects from the peer namespace, retrying while the server comes up.
-fn connect_from_peer(port: u16, limit: Duration) -> TcpStream {
-    let started = Instant::now();
-    loop {
-        match TcpStream::connect((POD_IP, port)) {
-            Ok(s) => return s,
-            Err(e) if started.elapsed() > limit => panic!("connect {POD_IP}:{port}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
+fn connect_from_peer(port: u16) -> TcpStream {
+    connect_retrying(POD_IP.parse().unwrap(), port, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("connect {POD_IP}:{port}: {e}"))
 }
 
 async fn exec(client: &mut Client, id: &str, cmd: &str) -> (i32, String) {
@@ -127,9 +106,7 @@ fn cri_pod_network_reaches_a_peer_namespace() {
     // CNI's result cache lives in /var/lib/cni, and L1's root is the host's, read-only: give
     // this throwaway L1 a writable /var/lib (nothing else running here reads it).
     sh("mount -t tmpfs -o mode=0755 tmpfs /var/lib");
-    sh(&format!(
-        "ip netns add {PEER_NETNS} && ip -n {PEER_NETNS} link set lo up"
-    ));
+    let peer = Netns::create(PEER_NETNS).unwrap();
     let kernel = veil_tests::guest_kernel("vmlinux");
     // This tree's own initramfs (its agent serves the network calls); target/guest-kernel may
     // be a symlink into another tree, so it cannot be reached through the kernel's path.
@@ -165,11 +142,10 @@ fn cri_pod_network_reaches_a_peer_namespace() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(pod_scenario(&c));
-    sh(&format!("ip netns del {PEER_NETNS}"));
+        .block_on(pod_scenario(&c, &peer));
 }
 
-async fn pod_scenario(c: &Containerd) {
+async fn pod_scenario(c: &Containerd, peer: &Netns) {
     let mut client = connect(&c.address).await;
     let logs = c.dir.path().join("pod-logs");
     std::fs::create_dir_all(&logs).unwrap();
@@ -240,89 +216,52 @@ async fn pod_scenario(c: &Containerd) {
     assert!(addr.contains(&format!("default via {PEER_IP}")), "{addr}");
 
     // HTTP served by a container, read by a client in the peer namespace.
-    let page = in_peer(|| {
-        let mut s = connect_from_peer(8080, Duration::from_secs(60));
-        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
-        let mut page = String::new();
-        s.read_to_string(&mut page).unwrap();
-        page
-    });
+    let page = peer
+        .run(|| {
+            let mut s = connect_from_peer(8080);
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+            let mut page = String::new();
+            s.read_to_string(&mut page).unwrap();
+            page
+        })
+        .unwrap();
     assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
     assert!(page.ends_with("hello from a veil pod\n"), "{page}");
 
     // 1 MiB to the echo container and back, byte for byte.
-    let sent: Vec<u8> = (0..1u32 << 20)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    let expected = sent.clone();
-    let echoed = in_peer(move || {
-        let s = connect_from_peer(7000, Duration::from_secs(60));
-        let mut reader = s.try_clone().unwrap();
-        let writer = std::thread::spawn(move || {
-            let mut s = s;
-            s.write_all(&sent).unwrap();
-            s.shutdown(std::net::Shutdown::Write).unwrap();
-        });
-        let mut got = Vec::new();
-        reader.read_to_end(&mut got).unwrap();
-        writer.join().unwrap();
-        got
-    });
-    assert_eq!(echoed.len(), expected.len());
-    assert!(echoed == expected, "echoed bytes differ");
+    let echoed = peer
+        .run(|| echo_through(connect_from_peer(7000), pattern(1 << 20)))
+        .unwrap()
+        .expect("echo through the pod");
+    assert_eq!(echoed.len(), 1 << 20);
+    assert!(echoed == pattern(1 << 20), "echoed bytes differ");
 
     // Figures for the record (TCG-emulated L1: only ratios against another VMM in the same
     // L1 would mean anything; nothing is asserted on them).
-    let (mib_per_s, rr_micros) = in_peer(|| {
-        let mut s = connect_from_peer(7000, Duration::from_secs(60));
-        s.set_nodelay(true).unwrap();
-        let mut rtts = Vec::new();
-        let mut byte = [0u8; 1];
-        for i in 0..200u32 {
-            let started = Instant::now();
-            s.write_all(&[i as u8]).unwrap();
-            s.read_exact(&mut byte).unwrap();
-            rtts.push(started.elapsed());
-            assert_eq!(byte[0], i as u8);
-        }
-        rtts.sort();
-        let chunk = vec![0x5au8; 64 << 10];
-        let total = 16usize << 20;
-        let mut reader = s.try_clone().unwrap();
-        let started = Instant::now();
-        let writer = std::thread::spawn(move || {
-            for _ in 0..total / chunk.len() {
-                s.write_all(&chunk).unwrap();
-            }
-        });
-        let mut buf = vec![0u8; 64 << 10];
-        let mut got = 0;
-        while got < total {
-            let n = reader.read(&mut buf).unwrap();
-            assert!(n > 0, "echo ended early");
-            got += n;
-        }
-        writer.join().unwrap();
-        let secs = started.elapsed().as_secs_f64();
-        (
-            (total >> 20) as f64 / secs,
-            rtts[rtts.len() / 2].as_micros(),
-        )
-    });
+    let figures = peer
+        .run(|| measure_echo(connect_from_peer(7000), 200, 16 << 20))
+        .unwrap()
+        .expect("timed echo through the pod");
+    let mut rtts = figures.round_trip_us.clone();
+    rtts.sort_by(f64::total_cmp);
     println!(
-        "pod network in L1: 16 MiB echoed through the pod at {mib_per_s:.1} MiB/s each way; \
-         1-byte request/response median {rr_micros} us"
+        "pod network in L1: 16 MiB echoed through the pod at {:.1} MiB/s each way; \
+         1-byte request/response median {:.0} us",
+        figures.stream_mib_per_s,
+        rtts[rtts.len() / 2]
     );
 
     // Ping both ways.
     let (code, out) = exec(&mut client, &web, &format!("ping -c 3 -W 5 {PEER_IP}")).await;
     assert_eq!(code, 0, "guest -> peer ping: {out}");
-    let out = in_peer(|| {
-        std::process::Command::new("busybox")
-            .args(["ping", "-c", "3", "-W", "5", POD_IP])
-            .output()
-            .unwrap()
-    });
+    let out = peer
+        .run(|| {
+            std::process::Command::new("busybox")
+                .args(["ping", "-c", "3", "-W", "5", POD_IP])
+                .output()
+                .unwrap()
+        })
+        .unwrap();
     assert!(
         out.status.success(),
         "peer -> guest ping: {}",

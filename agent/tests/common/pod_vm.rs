@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 
 use veil_agent::client::AgentClient;
 use veil_agent::protocols::agent;
+use veil_tests::netns::Netns;
 use veil_tests::Capture;
-use veil_vmm::{BlockConfig, Console, KernelSource, Vm, VmConfig, VmOutcome, VsockConfig};
+use veil_vmm::{
+    BlockConfig, Console, KernelSource, NetConfig, Vm, VmConfig, VmOutcome, VsockConfig,
+};
 
 use super::ctx;
 
@@ -31,6 +34,16 @@ impl PodVm {
 
     /// As [`PodVm::start`], with `disks` placeholder drives (`vda`, `vdb`, ...).
     pub fn with_disks(dir: &Path, host_data: &str, disks: usize) -> Self {
+        Self::build(dir, host_data, disks, None)
+    }
+
+    /// As [`PodVm::start`], with a virtio-net device on the tap `net` names, which the VMM
+    /// opens in the network namespace `netns` (as `veil run --net` does in its own).
+    pub fn with_net(dir: &Path, host_data: &str, net: NetConfig, netns: &Netns) -> Self {
+        Self::build(dir, host_data, 1, Some((net, netns)))
+    }
+
+    fn build(dir: &Path, host_data: &str, disks: usize, net: Option<(NetConfig, &Netns)>) -> Self {
         let kernel = veil_tests::guest_kernel("vmlinux");
         let initrd = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/guest-initramfs/initramfs.cpio.gz");
@@ -63,7 +76,16 @@ impl PodVm {
             guest_cid: 3,
             uds_path: uds.clone(),
         });
-        let vm = Vm::new(config).expect("create the pod VM");
+        let vm = match net {
+            None => Vm::new(config),
+            Some((net, netns)) => {
+                config.nets = vec![net];
+                netns
+                    .run(move || Vm::new(config))
+                    .expect("enter the VM's network namespace")
+            }
+        }
+        .expect("create the pod VM");
         let disks = vm.disks();
         let stop = vm.stop_handle();
         let run = std::thread::spawn(move || vm.run());

@@ -8,6 +8,7 @@ pub mod devices;
 pub mod kernel;
 pub mod memory;
 pub mod nested;
+pub mod net_nested;
 pub mod pod_start;
 pub mod pod_start_nested;
 pub mod snp;
@@ -54,6 +55,10 @@ pub const ALL: &[Entry] = &[
     Entry {
         name: "nested",
         run: nested::run,
+    },
+    Entry {
+        name: "net-nested",
+        run: net_nested::run,
     },
     Entry {
         name: "pod-start",

@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use veil_tests::nested::{find_in_path, l1_image, shell_quote, L1Command};
+use veil_tests::nested::{find_in_path, l1_image, L1Command};
 
 use crate::bench::{Bench, Failures};
+use crate::l1_run::{absolute, inner_script, tail};
 use crate::nested::{InnerPlan, InnerResult, NestedVmm, RunRecord, MEM_MIB, RUN_LIMIT, VCPUS};
 use crate::report::{Section, Status};
 use crate::stats::median_ratio;
@@ -24,7 +25,7 @@ const L1_MARGIN: Duration = Duration::from_secs(240);
 
 /// Why the section cannot run here.
 #[derive(Debug, thiserror::Error)]
-enum SetupError {
+pub(crate) enum SetupError {
     #[error("{0}")]
     Missing(String),
     #[error("the nested harness: {0}")]
@@ -65,22 +66,26 @@ fn vhost_device_vsock() -> Result<PathBuf, SetupError> {
         })
 }
 
-fn absolute(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
-}
-
 /// What the L1 run gave back.
-struct Outcome {
-    result: Option<InnerResult>,
+pub(crate) struct Outcome<R> {
+    pub result: Option<R>,
     /// Why the inner run did not finish, if it did not.
-    problem: Option<String>,
-    l1_wall: Duration,
-    l1_kernel: String,
+    pub problem: Option<String>,
+    pub l1_wall: Duration,
+    pub l1_kernel: String,
     /// The end of what the inner run wrote on stderr.
-    stderr: String,
+    pub stderr: String,
 }
 
-fn measure(b: &Bench) -> Result<Outcome, SetupError> {
+/// The pod VM both VMMs boot in L1 (the binaries, the project's kernel and initramfs, and a
+/// busybox layer written into `scratch`), with `rounds`, `budget` and the result file `out`.
+pub(crate) fn pod_vm_plan(
+    b: &Bench,
+    scratch: &Path,
+    out: PathBuf,
+    rounds: usize,
+    budget: Duration,
+) -> Result<InnerPlan, SetupError> {
     if let Some(why) = veil_tests::nested::missing_prerequisite() {
         return Err(SetupError::Missing(why));
     }
@@ -97,47 +102,43 @@ fn measure(b: &Bench) -> Result<Outcome, SetupError> {
         &b.initramfs,
         "build it with guest/build-initramfs.sh, or pass --initramfs",
     )?;
-    let exe = std::env::current_exe().map_err(|source| SetupError::Io {
-        what: "the harness's own path".into(),
-        source,
-    })?;
-    let l1_kernel = l1_image()?.kernel_package;
-    let budget = b.plan.nested_budget;
-    // The command runs in the scratch directory, where the plan is written.
-    // The result comes back on stdout: the scratch directory goes with the finished command.
-    let script = format!(
-        "{} --nested-inner {PLAN_FILE}\nstatus=$?\ncat {RESULT_FILE} 2>/dev/null\nexit $status\n",
-        shell_quote(&absolute(&exe).to_string_lossy())
-    );
-    let command = L1Command::new(script)?;
-    let scratch = command.scratch().to_owned();
-    let disk = veil_tests::l2::busybox_ext4(&scratch).map_err(|source| SetupError::Io {
+    let disk = veil_tests::l2::busybox_ext4(scratch).map_err(|source| SetupError::Io {
         what: "the busybox layer image".into(),
         source,
     })?;
-    let out = scratch.join(RESULT_FILE);
-    let plan = InnerPlan {
+    Ok(InnerPlan {
         veil: absolute(&veil),
         qemu: absolute(&qemu),
         vhost_vsock: absolute(&vhost_vsock),
         vmlinux: absolute(&vmlinux),
         initramfs: absolute(&initramfs),
         disk,
-        rounds: b.plan.nested_rounds,
+        rounds,
         budget_secs: budget.as_secs(),
-        out: out.clone(),
-    };
-    let plan_path = scratch.join(PLAN_FILE);
-    let json = serde_json::to_string_pretty(&plan).expect("the plan serialises");
+        out,
+    })
+}
+
+/// Writes `plan` as `plan_file` into `command`'s scratch directory, runs the command in L1
+/// within `timeout`, and reads the inner run's JSON result from its stdout.
+pub(crate) fn run_in_l1<P: serde::Serialize, R: serde::de::DeserializeOwned>(
+    command: L1Command,
+    plan_file: &str,
+    plan: &P,
+    timeout: Duration,
+) -> Result<Outcome<R>, SetupError> {
+    let l1_kernel = l1_image()?.kernel_package;
+    let plan_path = command.scratch().join(plan_file);
+    let json = serde_json::to_string_pretty(plan).expect("the plan serialises");
     std::fs::write(&plan_path, json).map_err(|source| SetupError::Io {
         what: format!("writing {}", plan_path.display()),
         source,
     })?;
-    let ran = command.timeout(budget + RUN_LIMIT + L1_MARGIN).run();
+    let ran = command.timeout(timeout).run();
     let result = ran
         .as_ref()
         .ok()
-        .and_then(|o| serde_json::from_str::<InnerResult>(&o.stdout).ok());
+        .and_then(|o| serde_json::from_str::<R>(&o.stdout).ok());
     let stderr = ran
         .as_ref()
         .map(|o| tail(&o.stderr, 12))
@@ -166,9 +167,24 @@ fn measure(b: &Bench) -> Result<Outcome, SetupError> {
     })
 }
 
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.trim().lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+fn measure(b: &Bench) -> Result<Outcome<InnerResult>, SetupError> {
+    let script = inner_script("--nested-inner", PLAN_FILE, RESULT_FILE).map_err(|source| {
+        SetupError::Io {
+            what: "the harness's own path".into(),
+            source,
+        }
+    })?;
+    let command = L1Command::new(script)?;
+    let scratch = command.scratch().to_owned();
+    let budget = b.plan.nested_budget;
+    let plan = pod_vm_plan(
+        b,
+        &scratch,
+        scratch.join(RESULT_FILE),
+        b.plan.nested_rounds,
+        budget,
+    )?;
+    run_in_l1(command, PLAN_FILE, &plan, budget + RUN_LIMIT + L1_MARGIN)
 }
 
 /// A measure: its label, and its sample in a run.

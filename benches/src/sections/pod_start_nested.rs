@@ -2,12 +2,12 @@
 //! CRI RunPodSandbox + CreateContainer + StartContainer until the container's first output
 //! byte, for the veil shim's VM sandbox (a veil VM per pod) and for runc, interleaved.
 
-use std::path::Path;
 use std::time::Duration;
 
-use veil_tests::nested::{shell_quote, L1Command};
+use veil_tests::nested::L1Command;
 
 use crate::bench::{Bench, Failures};
+use crate::l1_run::{absolute, inner_script, tail};
 use crate::nested_pod::{PodPlan, WAIT_IN_L1};
 use crate::pod::{self, PodStarts};
 use crate::report::{Section, Status};
@@ -19,10 +19,6 @@ const PLAN_FILE: &str = "pod-start-plan.json";
 const RESULT_FILE: &str = "pod-start-result.json";
 /// L1's boot and shutdown, containerd's start and the image imports, on top of the budget.
 const L1_MARGIN: Duration = Duration::from_secs(300);
-
-fn absolute(path: &Path) -> std::path::PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
-}
 
 /// Runs the inner measurements in L1; returns their figures, or why there are none.
 fn measure(b: &Bench) -> Result<(PodStarts, Duration), Status> {
@@ -44,12 +40,8 @@ fn measure(b: &Bench) -> Result<(PodStarts, Duration), Status> {
         }
     }
     let release = pod::build_shim_and_agent().map_err(Status::Failed)?;
-    let exe = std::env::current_exe()
+    let script = inner_script("--pod-start-inner", PLAN_FILE, RESULT_FILE)
         .map_err(|e| Status::Failed(format!("the harness's own path: {e}")))?;
-    let script = format!(
-        "{} --pod-start-inner {PLAN_FILE}\nstatus=$?\ncat {RESULT_FILE} 2>/dev/null\nexit $status\n",
-        shell_quote(&absolute(&exe).to_string_lossy())
-    );
     let command = L1Command::new(script).map_err(|e| Status::Failed(e.to_string()))?;
     let scratch = command.scratch().to_owned();
     let budget = b.plan.nested_pod_budget;
@@ -81,11 +73,6 @@ fn measure(b: &Bench) -> Result<(PodStarts, Duration), Status> {
             tail(&out.stderr, 15)
         ))),
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.trim().lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Figures, the ratio and notes from the inner run's figures; fails the section when either
