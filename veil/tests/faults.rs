@@ -14,139 +14,17 @@ mod common;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::running::{RunningVeil, HANG_GUARD};
 use veil_tests::Guest;
 
-const HANG_GUARD: Duration = Duration::from_secs(120);
 /// What the device buffers per connection for a host program that does not read
 /// (`veil_devices::virtio::vsock::CONN_BUF_SIZE`).
 const VSOCK_CONN_BUF: usize = 256 << 10;
-
-/// A `veil run` whose console lines arrive as printed and whose standard input reaches the
-/// guest's serial console.
-struct Veil {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    transcript: Arc<Mutex<String>>,
-    stderr: Option<thread::JoinHandle<String>>,
-}
-
-impl Veil {
-    fn start(guest: Guest, args: &[&str]) -> Self {
-        let mut child = Command::new(common::VEIL)
-            .args(["run", "--kernel", guest.path().to_str().unwrap()])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn veil");
-        let (tx, lines) = mpsc::channel();
-        let transcript = Arc::new(Mutex::new(String::new()));
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let copy = transcript.clone();
-        thread::spawn(move || {
-            for line in out.lines() {
-                let Ok(line) = line else { break };
-                copy.lock().unwrap().push_str(&format!("{line}\n"));
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
-            text
-        });
-        Self {
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            transcript,
-            stderr: Some(stderr),
-        }
-    }
-
-    fn transcript(&self) -> String {
-        self.transcript.lock().unwrap().clone()
-    }
-
-    /// Waits for the first console line starting with `prefix` and returns it.
-    fn wait_line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + HANG_GUARD;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "no {prefix:?} line in {HANG_GUARD:?}: {}",
-                        self.transcript()
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("veil ended without {prefix:?}: {}", self.transcript())
-                }
-            }
-        }
-    }
-
-    /// Lets a guest waiting on its serial console go on.
-    fn go(&mut self) {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        stdin.write_all(b"g").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// A field of the VMM process's /proc status, in KiB.
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in {status}"))
-    }
-
-    /// Waits for veil to exit; returns its status, console output and stderr.
-    fn finish(mut self) -> (ExitStatus, String, String) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + HANG_GUARD;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "veil still running after {HANG_GUARD:?}: {}",
-                    self.transcript()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
-        while self.lines.recv_timeout(HANG_GUARD).is_ok() {}
-        let err = self.stderr.take().unwrap().join().unwrap();
-        (status, self.transcript(), err)
-    }
-}
-
-impl Drop for Veil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Asserts the VM ended normally, the guest reached `done` and printed every `expected` line.
 fn assert_survived(status: ExitStatus, out: &str, err: &str, expected: &[&str]) {
@@ -182,7 +60,7 @@ fn number_after(line: &str, prefix: &str) -> u64 {
 /// `fault`, lets the guest go on and returns how the VM ended.
 fn disk_fault(image: &Path, write_kib: u32, fault: impl FnOnce()) -> (ExitStatus, String, String) {
     let cmdline = format!("console=ttyS0 blk.write_kib={write_kib}");
-    let mut vm = Veil::start(
+    let mut vm = RunningVeil::start(
         Guest::BlkFault,
         &["--cmdline", &cmdline, "--disk", image.to_str().unwrap()],
     );
@@ -348,7 +226,7 @@ fn vsock_host_peer_vanishing_mid_stream_ends_the_guest_stream_only() {
     });
     let cmdline =
         "console=ttyS0 vsock.connect=1234 vsock.bytes=4194304 vsock.buf=16384 vsock.refused=1235";
-    let vm = Veil::start(
+    let vm = RunningVeil::start(
         Guest::VirtioVsock,
         &vsock_args(uds.to_str().unwrap(), cmdline),
     );
@@ -379,7 +257,7 @@ fn vsock_guest_flooding_past_its_credit_is_reset_and_vmm_memory_stays_bounded() 
     let cmdline = format!(
         "console=ttyS0 vsock.connect=1234 vsock.bytes={FLOOD} vsock.flood=1 vsock.refused=1235"
     );
-    let mut vm = Veil::start(
+    let mut vm = RunningVeil::start(
         Guest::VirtioVsock,
         &[
             &vsock_args(uds.to_str().unwrap(), &cmdline)[..],
@@ -415,7 +293,7 @@ fn sigkill_of_veil_gives_a_connected_vsock_client_eof_and_the_socket_path_is_reu
     let cmdline = "console=ttyS0 vsock.listen=1024 vsock.bytes=4096";
     for round in 0..2 {
         // The second VMM finds the socket file the killed one could not remove.
-        let mut vm = Veil::start(Guest::VirtioVsock, &vsock_args(&uds_arg, cmdline));
+        let mut vm = RunningVeil::start(Guest::VirtioVsock, &vsock_args(&uds_arg, cmdline));
         vm.wait_line("listening 1024");
         let mut client = UnixStream::connect(&uds).unwrap();
         client.set_read_timeout(Some(HANG_GUARD)).unwrap();
@@ -449,7 +327,7 @@ fn mmio_storm_to_unmapped_and_device_addresses_neither_kills_nor_hangs_the_vmm()
     content[0] = 0xab;
     std::fs::write(&image, &content).unwrap();
     let uds = dir.path().join("v.sock");
-    let vm = Veil::start(
+    let vm = RunningVeil::start(
         Guest::MmioStorm,
         &[
             "--cmdline",
@@ -484,7 +362,7 @@ fn triple_fault_ends_veil_with_status_2_and_cleans_up() {
     std::fs::write(&image, vec![0u8; 4096]).unwrap();
     let uds = dir.path().join("v.sock");
     // `ud2` with no IDT: the exception cannot be delivered, the vCPU shuts down.
-    let vm = Veil::start(
+    let vm = RunningVeil::start(
         Guest::Crash,
         &[
             "--disk",

@@ -10,124 +10,18 @@ mod common;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::running::{RunningVeil, HANG_GUARD};
 use veil_tests::Guest;
 
-/// Longest any single step may take before the test calls it a hang.
-const HANG_GUARD: Duration = Duration::from_secs(120);
 const SECTOR: usize = 512;
-
-/// A `veil run` whose console lines arrive as they are printed.
-struct RunningVm {
-    child: Child,
-    lines: Receiver<String>,
-    transcript: Arc<Mutex<String>>,
-    stderr: thread::JoinHandle<String>,
-}
-
-impl RunningVm {
-    fn start(guest: Guest, args: &[&str]) -> Self {
-        let mut child = Command::new(common::VEIL)
-            .args(["run", "--kernel", guest.path().to_str().unwrap()])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn veil");
-        let (tx, lines) = mpsc::channel();
-        let transcript = Arc::new(Mutex::new(String::new()));
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let copy = transcript.clone();
-        thread::spawn(move || {
-            for line in out.lines() {
-                let Ok(line) = line else { break };
-                copy.lock().unwrap().push_str(&format!("{line}\n"));
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
-            text
-        });
-        Self {
-            child,
-            lines,
-            transcript,
-            stderr,
-        }
-    }
-
-    fn transcript(&self) -> String {
-        self.transcript.lock().unwrap().clone()
-    }
-
-    /// Waits for the first console line that starts with `prefix` and returns it.
-    fn wait_line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + HANG_GUARD;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(line) if line.starts_with("FAIL") => {
-                    self.kill();
-                    panic!("guest failed before {prefix:?}: {}", self.transcript())
-                }
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    self.kill();
-                    panic!(
-                        "no {prefix:?} line in {HANG_GUARD:?}: {}",
-                        self.transcript()
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("veil ended without {prefix:?}: {}", self.transcript())
-                }
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Waits for veil to exit; returns its status, full console output and stderr.
-    fn finish(mut self) -> (ExitStatus, String, String) {
-        let deadline = Instant::now() + HANG_GUARD;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                panic!(
-                    "veil still running after {HANG_GUARD:?}: {}",
-                    self.transcript()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
-        // The reader thread ends at EOF; drain what it still has.
-        while self.lines.recv_timeout(HANG_GUARD).is_ok() {}
-        let out = self.transcript();
-        (status, out, self.stderr.join().unwrap())
-    }
-}
 
 /// Runs a guest to completion and checks it ended cleanly with `done` and no failure.
 fn run_to_done(guest: Guest, args: &[&str]) -> String {
-    let (status, out, err) = RunningVm::start(guest, args).finish();
+    let (status, out, err) = RunningVeil::start(guest, args).finish();
     assert_eq!(status.code(), Some(0), "stdout: {out}\nstderr: {err}");
     assert!(!out.contains("FAIL"), "{out}");
     assert!(out.ends_with("done\n"), "guest did not finish: {out}");
@@ -256,13 +150,13 @@ fn blk_guest_pattern_reaches_the_host_file_and_read_only_writes_fail() {
 #[test]
 fn blk_guest_sees_no_disk_without_a_disk_and_a_placeholder_as_empty() {
     // Without --disk the guest finds nothing to drive and says so.
-    let (status, out, _) = RunningVm::start(Guest::VirtioBlk, &[]).finish();
+    let (status, out, _) = RunningVeil::start(Guest::VirtioBlk, &[]).finish();
     assert_eq!(status.code(), Some(0));
     assert!(out.contains("blk devices=0\n"), "{out}");
     assert!(out.contains("FAIL: no virtio-blk device"), "{out}");
 
     // A placeholder drive (no file yet) has capacity 0: every read is out of bounds.
-    let (status, out, _) = RunningVm::start(
+    let (status, out, _) = RunningVeil::start(
         Guest::VirtioBlk,
         &["--cmdline", "console=ttyS0", "--disk", ",id=later"],
     )
@@ -374,7 +268,7 @@ fn vsock_guest_connects_to_a_host_listener_and_is_refused_without_one() {
         "console=ttyS0 vsock.connect=1234 vsock.refused=1235 vsock.bytes={VSOCK_BYTES} vsock.buf=16384"
     );
     let uds_arg = uds.to_str().unwrap();
-    let mut vm = RunningVm::start(Guest::VirtioVsock, &vsock_args(uds_arg, &cmdline));
+    let mut vm = RunningVeil::start(Guest::VirtioVsock, &vsock_args(uds_arg, &cmdline));
     // With the host not reading, the device's buffer and the socket's fill up and the guest
     // must stop sending: its credit is exhausted well before the whole stream is out.
     let line = vm.wait_line("connect waiting for credit after ");
@@ -407,7 +301,7 @@ fn vsock_host_connect_reaches_a_listening_guest_and_data_flows_both_ways() {
     let uds = dir.path().join("v.sock");
     let cmdline =
         format!("console=ttyS0 vsock.listen=1024 vsock.bytes={VSOCK_BYTES} vsock.buf=16384");
-    let mut vm = RunningVm::start(
+    let mut vm = RunningVeil::start(
         Guest::VirtioVsock,
         &vsock_args(uds.to_str().unwrap(), &cmdline),
     );
@@ -497,7 +391,7 @@ fn vsock_bench_mode_echoes_through_the_host_intact() {
     let cmdline =
         format!("console=ttyS0 vsock.connect=5000 vsock.bench_mib={mib} vsock.buf=262144");
     let started = Instant::now();
-    let (status, out, err) = RunningVm::start(
+    let (status, out, err) = RunningVeil::start(
         Guest::VirtioVsock,
         &vsock_args(uds.to_str().unwrap(), &cmdline),
     )

@@ -3,6 +3,8 @@
 
 use std::process::{Command, Output};
 
+pub mod running;
+
 pub const VEIL: &str = env!("CARGO_BIN_EXE_veil");
 
 /// Runs `veil` with `args` (stdin closed) and returns its output.
