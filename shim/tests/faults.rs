@@ -18,18 +18,7 @@ fn killing_the_agent_ends_the_task_with_an_error_status_and_cleans_up() {
     assert_eq!(agents.len(), 1, "one agent for the sandbox: {agents:?}");
     // SAFETY: kill(2) on the agent our test's shim started.
     assert_eq!(unsafe { libc::kill(agents[0], libc::SIGKILL) }, 0);
-    let status = run.wait().unwrap();
-    assert_eq!(
-        status.code(),
-        Some(255),
-        "ctr run reports the sandbox error status\n{}",
-        c.log_text()
-    );
-    assert!(
-        c.log_text().contains("sandbox died"),
-        "the shim says why\n{}",
-        c.log_text()
-    );
+    c.assert_sandbox_died(run.wait().unwrap());
     c.assert_clean(&["agentdies"]);
 }
 

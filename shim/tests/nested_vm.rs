@@ -59,6 +59,7 @@ fn vm_sandboxes_run_ctr_echo_exit_code_stdin_exec_and_kill() {
     ctr::terminal_has_ctr_size(&c);
     ctr::exec_runs_a_second_process_and_kill_stops_the_first(&c);
     the_vm_runs_in_a_jail(&c);
+    killing_the_vmm_ends_the_task_with_an_error_status(&c);
 }
 
 /// A VM sandbox's VMM is jailed (the default): `veil run --jail`'s only child runs as
@@ -74,19 +75,7 @@ fn the_vm_runs_in_a_jail(c: &Containerd) {
         false,
     );
     let _rest = read_until_line(&mut run, "ready");
-    // Two `veil run --jail` processes: the relay outside, and the jailed VMM, its only
-    // child (a fork: the same command line).
-    let veils = c.our_processes("veil");
-    assert_eq!(veils.len(), 2, "veil processes: {veils:?}");
-    let children = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default()
-    };
-    let relay = *veils
-        .iter()
-        .find(|&&pid| !children(pid).trim().is_empty())
-        .expect("no relay");
-    let vmm: i32 = children(relay).trim().parse().expect("one child");
-    assert!(veils.contains(&vmm), "{veils:?}");
+    let vmm = jailed_vmm(c);
     for task in std::fs::read_dir(format!("/proc/{vmm}/task")).unwrap() {
         let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
         let field = |name: &str| {
@@ -121,6 +110,40 @@ fn the_vm_runs_in_a_jail(c: &Containerd) {
 /// Two CRI pods in VM sandboxes, one after the other: two containers sharing one pod VM, then
 /// a container the guest's OOM killer kills (its cgroup v2 memory.events), reported through CRI
 /// as `OOMKilled`.
+/// The pid of the one sandbox's jailed VMM. There are two `veil run --jail` processes: the
+/// relay outside, and the jailed VMM, its only child (a fork: the same command line).
+fn jailed_vmm(c: &Containerd) -> i32 {
+    let veils = c.our_processes("veil");
+    assert_eq!(veils.len(), 2, "veil processes: {veils:?}");
+    let children = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default()
+    };
+    let relay = *veils
+        .iter()
+        .find(|&&pid| !children(pid).trim().is_empty())
+        .expect("no relay");
+    let vmm: i32 = children(relay).trim().parse().expect("one child");
+    assert!(veils.contains(&vmm), "{veils:?}");
+    vmm
+}
+
+/// A VMM killed mid-run (SIGKILL of the jailed `veil`) ends the sandbox: the task exits with
+/// the sandbox error status that ctr reports, the shim says why, and nothing is left behind.
+fn killing_the_vmm_ends_the_task_with_an_error_status(c: &Containerd) {
+    let mut run = c.spawn_ctr_run(
+        "vmmdies",
+        &["sh", "-c", "echo ready; while :; do sleep 1; done"],
+        false,
+    );
+    let _rest = read_until_line(&mut run, "ready");
+    let vmm = jailed_vmm(c);
+    // SAFETY: kill(2) on the VMM our test's shim started.
+    assert_eq!(unsafe { libc::kill(vmm, libc::SIGKILL) }, 0);
+    c.assert_sandbox_died(run.wait().unwrap());
+    c.assert_clean(&["vmmdies"]);
+    assert!(c.our_processes("veil").is_empty(), "no veil left");
+}
+
 #[test]
 fn vm_sandbox_serves_a_two_container_cri_pod() {
     build_binaries();

@@ -90,6 +90,16 @@ pub async fn start_container(
         log_path: format!("{name}.log"),
         ..Default::default()
     };
+    create_and_start(client, pod_id, pod, config).await
+}
+
+/// CreateContainer + StartContainer of `config` in pod `pod_id`; returns the container id.
+pub async fn create_and_start(
+    client: &mut Client,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
     let id = client
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod_id.into(),
@@ -165,16 +175,7 @@ pub async fn two_containers_share_one_pod_sandbox(c: &Containerd, host_agents: u
             String::from_utf8_lossy(&exec.stdout),
             format!("hi from {name}\n")
         );
-        let status = client
-            .container_status(ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: false,
-            })
-            .await
-            .expect("ContainerStatus")
-            .into_inner()
-            .status
-            .expect("a status");
+        let status = container_status(&mut client, &id).await;
         assert_eq!(
             status.state,
             ContainerState::ContainerRunning as i32,
@@ -247,34 +248,10 @@ pub async fn an_oom_killed_container_is_reported_as_such(c: &Containerd) {
         }),
         ..Default::default()
     };
-    let id = client
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id.clone(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    client
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("StartContainer");
+    let id = create_and_start(&mut client, &pod_id, &pod, config).await;
     let mut status = None;
     for _ in 0..600 {
-        let s = client
-            .container_status(ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: false,
-            })
-            .await
-            .expect("ContainerStatus")
-            .into_inner()
-            .status
-            .expect("a status");
+        let s = container_status(&mut client, &id).await;
         if s.state == ContainerState::ContainerExited as i32 {
             status = Some(s);
             break;
@@ -289,18 +266,23 @@ pub async fn an_oom_killed_container_is_reported_as_such(c: &Containerd) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        status = client
-            .container_status(ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: false,
-            })
-            .await
-            .expect("ContainerStatus")
-            .into_inner()
-            .status
-            .expect("a status");
+        status = container_status(&mut client, &id).await;
     }
     assert_eq!(status.reason, "OOMKilled", "{status:?}\n{}", c.log_text());
     remove_pod(&mut client, &pod_id).await;
     c.assert_clean(&[&pod_id]);
+}
+
+/// ContainerStatus of container `id`.
+async fn container_status(client: &mut Client, id: &str) -> ContainerStatus {
+    client
+        .container_status(ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("a status")
 }

@@ -454,6 +454,22 @@ state = "{state}"
     /// Checks that the shim left nothing behind. Shims, agents and loop devices go away
     /// asynchronously (a loop device is freed when its last mount namespace is), so this
     /// waits for that, bounded, before failing.
+    /// Asserts that `ctr run` ended with the status of a task whose sandbox died (the VMM or
+    /// the agent killed) and that the shim's log says why.
+    pub fn assert_sandbox_died(&self, status: std::process::ExitStatus) {
+        assert_eq!(
+            status.code(),
+            Some(255),
+            "ctr run reports the sandbox error status\n{}",
+            self.log_text()
+        );
+        assert!(
+            self.log_text().contains("sandbox died"),
+            "the shim says why\n{}",
+            self.log_text()
+        );
+    }
+
     pub fn assert_clean(&self, sandbox_ids: &[&str]) {
         let mut left = Vec::new();
         for _ in 0..500 {
