@@ -46,10 +46,6 @@ use veil_snp::vmsa::Vmsa;
 pub enum VmError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot start the thread that creates the in-kernel PIT: {0}")]
-    PitThread(std::io::Error),
-    #[error("the thread creating the in-kernel PIT panicked")]
-    PitPanicked,
     #[error("{path} does not exist: this host has no KVM (load the kvm_intel or kvm_amd module, or enable virtualization)")]
     KvmMissing { path: PathBuf },
     #[error("permission denied opening {path}: run as root or add the user to the group that owns it (usually `kvm`)")]
@@ -192,16 +188,6 @@ impl Vm {
         let ram = GuestRam::create(&vm_fd, config.mem_mib, backing)?;
         let memory = ram.mmap();
         setup_vm(&vm_fd)?;
-        // The PIT is created on a thread of its own while the guest is loaded: KVM makes its
-        // creation wait for a kernel thread and an SRCU grace period (about a millisecond
-        // here), time this thread can spend loading the guest. Joined before any vCPU runs.
-        let pit = {
-            let vm_fd = vm_fd.clone();
-            std::thread::Builder::new()
-                .name("veil-pit".into())
-                .spawn(move || create_pit(&vm_fd))
-                .map_err(VmError::PitThread)?
-        };
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("report its supported CPUID"))?;
@@ -231,7 +217,6 @@ impl Vm {
         };
         let (entry, mut snp_launch) = load_guest(&config, memory, snp.as_ref(), &facts)?;
         let vcpus = create_vcpus(&vm_fd, &cpuids, &entry)?;
-        pit.join().map_err(|_| VmError::PitPanicked)??;
         let mut page_converter = None;
         if let (Some(boot), Some(sev), BootEntry::Snp(inputs)) = (&snp, sev, &entry) {
             snp_launch = Some(sev.launch(&vm_fd, &ram, &boot.plan, inputs, &facts)?);
@@ -646,7 +631,7 @@ fn load_guest(
     })
 }
 
-/// Gives the VM KVM's private pages and the in-kernel interrupt controllers.
+/// Gives the VM KVM's private pages, the in-kernel interrupt controllers and PIT.
 fn setup_vm(vm_fd: &VmFd) -> Result<(), VmError> {
     vm_fd
         .set_tss_address(KVM_TSS_START as usize)
@@ -657,11 +642,6 @@ fn setup_vm(vm_fd: &VmFd) -> Result<(), VmError> {
     vm_fd
         .create_irq_chip()
         .map_err(kvm_err("create the in-kernel interrupt controller"))?;
-    Ok(())
-}
-
-/// The in-kernel PIT (after the interrupt controller it feeds).
-fn create_pit(vm_fd: &VmFd) -> Result<(), VmError> {
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
