@@ -86,6 +86,7 @@ pub fn guest_kernel(file: &str) -> PathBuf {
 pub mod l2;
 pub mod nested;
 pub mod netns;
+pub mod usage;
 
 /// Skips the calling test with `why`, or fails it under `CI=true`: CI installs every
 /// prerequisite, so a missing one there is a broken run, not a skip.

@@ -10,6 +10,7 @@ use std::sync::mpsc::{self, Sender};
 use std::thread;
 use std::time::Duration;
 
+use veil_tests::usage::{settled_usage, usage};
 use veil_tests::Guest;
 use veil_vmm::{BlockConfig, Console, KernelSource, Vm, VmConfig, VmExit, VsockConfig};
 
@@ -78,43 +79,6 @@ fn concurrent_round(dir: &Path, round: usize) {
     });
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Usage {
-    fds: usize,
-    threads: usize,
-    rss_kib: u64,
-}
-
-fn usage() -> Usage {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib = |field: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
-    };
-    Usage {
-        fds: std::fs::read_dir("/proc/self/fd").unwrap().count(),
-        threads: std::fs::read_dir("/proc/self/task").unwrap().count(),
-        rss_kib: kib("VmRSS:"),
-    }
-}
-
-/// Usage once the threads of finished VMs are gone: a joined thread can still be listed in
-/// /proc for a moment while the kernel reaps it. A thread that never goes away is waited
-/// for only [`SETTLE_GUARD`], then counted.
-fn settled_usage(threads: usize) -> Usage {
-    let deadline = std::time::Instant::now() + SETTLE_GUARD;
-    loop {
-        let now = usage();
-        if now.threads <= threads || std::time::Instant::now() > deadline {
-            return now;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn five_hundred_sequential_and_twenty_way_concurrent_vms_leave_fds_threads_and_rss_flat() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,18 +90,18 @@ fn five_hundred_sequential_and_twenty_way_concurrent_vms_leave_fds_threads_and_r
         cycle(dir, n);
     }
     concurrent_round(dir, 0);
-    let warm = settled_usage(before.threads);
+    let warm = settled_usage(before.threads, SETTLE_GUARD);
     // RSS may move by what the allocator keeps between cycles; it must not grow with them.
     let mut rss_seen = warm.rss_kib;
     for n in WARM_UP..SEQUENTIAL {
         cycle(dir, n);
         rss_seen = rss_seen.max(usage().rss_kib);
     }
-    let after_sequential = settled_usage(before.threads);
+    let after_sequential = settled_usage(before.threads, SETTLE_GUARD);
     for round in 1..=CONCURRENT_ROUNDS {
         concurrent_round(dir, round);
     }
-    let end = settled_usage(before.threads);
+    let end = settled_usage(before.threads, SETTLE_GUARD);
     eprintln!(
         "soak (library): after warm-up {warm:?}, after {SEQUENTIAL} sequential {after_sequential:?}, \
          after {CONCURRENT_ROUNDS}x{CONCURRENT} concurrent {end:?}, largest RSS between \

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
+use veil_tests::usage::{settled_usage, usage};
 use veil_tests::Guest;
 
 const SEQUENTIAL: usize = 500;
@@ -84,38 +85,6 @@ fn concurrent_round(dir: &Path, round: usize) -> VmmUsage {
     })
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Usage {
-    fds: usize,
-    threads: usize,
-    rss_kib: u64,
-}
-
-fn usage() -> Usage {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    Usage {
-        fds: std::fs::read_dir("/proc/self/fd").unwrap().count(),
-        threads: std::fs::read_dir("/proc/self/task").unwrap().count(),
-        rss_kib,
-    }
-}
-
-fn settled_usage(threads: usize) -> Usage {
-    let deadline = std::time::Instant::now() + SETTLE_GUARD;
-    loop {
-        let now = usage();
-        if now.threads <= threads || std::time::Instant::now() > deadline {
-            return now;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn five_hundred_sequential_and_twenty_way_concurrent_veil_runs_leave_the_spawner_flat() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,16 +97,16 @@ fn five_hundred_sequential_and_twenty_way_concurrent_veil_runs_leave_the_spawner
         vmm_warm = vmm_warm.max(cycle(dir, n));
     }
     vmm_warm = vmm_warm.max(concurrent_round(dir, 0));
-    let warm = settled_usage(before.threads);
+    let warm = settled_usage(before.threads, SETTLE_GUARD);
     let mut vmm_most = VmmUsage::default();
     for n in WARM_UP..SEQUENTIAL {
         vmm_most = vmm_most.max(cycle(dir, n));
     }
-    let after_sequential = settled_usage(before.threads);
+    let after_sequential = settled_usage(before.threads, SETTLE_GUARD);
     for round in 1..=CONCURRENT_ROUNDS {
         vmm_most = vmm_most.max(concurrent_round(dir, round));
     }
-    let end = settled_usage(before.threads);
+    let end = settled_usage(before.threads, SETTLE_GUARD);
     eprintln!(
         "soak (CLI): spawner after warm-up {warm:?}, after {SEQUENTIAL} sequential \
          {after_sequential:?}, after {CONCURRENT_ROUNDS}x{CONCURRENT} concurrent {end:?}; \
