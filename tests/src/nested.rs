@@ -200,7 +200,10 @@ impl L1Command {
             // (text_poke_bp) left for its other CPU: a race in QEMU's multi-threaded TCG,
             // not in what runs inside. The command did not finish, so it runs once more;
             // a failure that comes from the command itself fails both times.
-            Err(NestedError::NoStatus { console, .. }) if l1_kernel_failed(&console) => {
+            Err(NestedError::NoStatus {
+                console,
+                qemu_status,
+            }) if l1_kernel_failed(&console) || l1_reset_itself(&qemu_status, &console) => {
                 eprintln!(
                     "nested harness: L1's own kernel failed before the command ended; \
                      running it once more. L1 console:\n{console}"
@@ -307,6 +310,13 @@ impl L1Command {
 
 /// Whether L1's console (its kernel's messages only: `quiet`, and the command's output goes
 /// to files) shows its own kernel failing.
+/// QEMU ended by itself (status 0, so not our timeout's kill) without L1's kernel shutting
+/// down (no `reboot:` line): L1 reset under QEMU's `-no-reboot`, a triple fault of the
+/// emulated machine that leaves nothing on the console. The command was cut short by it.
+fn l1_reset_itself(qemu_status: &str, console: &str) -> bool {
+    qemu_status == "exit status: 0" && !console.contains("reboot: ")
+}
+
 fn l1_kernel_failed(console: &str) -> bool {
     ["Oops:", "BUG:", "Kernel panic"]
         .iter()
@@ -390,4 +400,26 @@ pub fn run_test_in_l1(test: &str, timeout: Duration, env: &[(&str, &str)]) -> bo
     eprint!("{}", output.stderr);
     println!("L1 run of {test}: {:.1} s wall", output.wall.as_secs_f64());
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_l1_that_reset_itself_is_told_from_a_timeout_and_a_shutdown() {
+        let quiet = "SeaBIOS\nveil-l1: ready\n[ 23.7] kvm: kvm [241]: vcpu0 ...\n";
+        let status = |code: i32| {
+            // A wait(2) status: the exit code in the second byte.
+            std::os::unix::process::ExitStatusExt::from_raw(code << 8)
+        };
+        let exited: std::process::ExitStatus = status(0);
+        assert!(l1_reset_itself(&exited.to_string(), quiet));
+        assert!(!l1_reset_itself(
+            &exited.to_string(),
+            &format!("{quiet}[ 31.7] reboot: Power down\n")
+        ));
+        let killed: std::process::ExitStatus = std::os::unix::process::ExitStatusExt::from_raw(9);
+        assert!(!l1_reset_itself(&killed.to_string(), quiet));
+    }
 }
