@@ -187,35 +187,55 @@ fn measure(b: &Bench) -> Result<Outcome<InnerResult>, SetupError> {
     run_in_l1(command, PLAN_FILE, &plan, budget + RUN_LIMIT + L1_MARGIN)
 }
 
-/// A measure: its label, and its sample in a run.
-type Measure = (&'static str, fn(&RunRecord) -> Option<f64>);
-
-/// The three measures.
-const MEASURES: [Measure; 3] = [
-    ("spawn -> kernel's first line", |r| r.first_line_ms),
-    ("spawn -> agent's first answer", |r| r.agent_ms),
-    ("spawn -> container's first output byte", |r| r.output_ms),
+/// The three measures: label, unit, and the sample in a run.
+const MEASURES: [Measure<RunRecord>; 3] = [
+    ("spawn -> kernel's first line", "ms", |r| r.first_line_ms),
+    ("spawn -> agent's first answer", "ms", |r| r.agent_ms),
+    ("spawn -> container's first output byte", "ms", |r| {
+        r.output_ms
+    }),
 ];
 
 /// Figures and ratios from the inner run's records; fails the section when a figure is
 /// missing for either VMM.
 pub fn report(section: &mut Section, result: &InnerResult) {
+    report_veil_vs_qemu(
+        section,
+        &result.runs,
+        |r| (r.vmm, r.error.as_deref()),
+        &MEASURES,
+        result.rounds_skipped,
+    );
+}
+
+/// A measure of an L1 section's runs: label, unit, and its sample in a run.
+pub type Measure<R> = (&'static str, &'static str, fn(&R) -> Option<f64>);
+
+/// Each VMM's figures of every measure over `runs` and the veil/QEMU ratios of their
+/// medians, the runs' errors by VMM, and the rounds the time budget cut; fails the section
+/// when either VMM has no figure. `identity` gives a run's VMM and error.
+pub fn report_veil_vs_qemu<R>(
+    section: &mut Section,
+    runs: &[R],
+    identity: fn(&R) -> (Option<NestedVmm>, Option<&str>),
+    measures: &[Measure<R>],
+    rounds_skipped: usize,
+) {
     let mut failures = Failures::default();
-    for r in &result.runs {
-        if let (Some(vmm), Some(e)) = (r.vmm, &r.error) {
+    for r in runs {
+        if let (Some(vmm), Some(e)) = identity(r) {
             failures.add(vmm.name(), e);
         }
     }
-    for (label, get) in MEASURES {
+    for (label, unit, get) in measures {
         let mut summaries = Vec::new();
         for vmm in [NestedVmm::Veil, NestedVmm::Qemu] {
-            let samples: Vec<f64> = result
-                .runs
+            let samples: Vec<f64> = runs
                 .iter()
-                .filter(|r| r.vmm == Some(vmm))
+                .filter(|r| identity(r).0 == Some(vmm))
                 .filter_map(get)
                 .collect();
-            let s = section.figure(format!("{}: {label}", vmm.name()), "ms", &samples);
+            let s = section.figure(format!("{}: {label}", vmm.name()), unit, &samples);
             if s.is_none() {
                 section.fail(format!("no {} run measured {label}", vmm.name()));
             }
@@ -230,10 +250,9 @@ pub fn report(section: &mut Section, result: &InnerResult) {
     for n in failures.notes() {
         section.note(n);
     }
-    if result.rounds_skipped > 0 {
+    if rounds_skipped > 0 {
         section.note(format!(
-            "{} round(s) not run: the time budget in L1 ran out",
-            result.rounds_skipped
+            "{rounds_skipped} round(s) not run: the time budget in L1 ran out"
         ));
     }
 }

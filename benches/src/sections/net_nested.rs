@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use veil_tests::nested::L1Command;
 
-use crate::bench::{Bench, Failures};
+use crate::bench::Bench;
 use crate::l1_run::inner_script;
 use crate::nested::{MEM_MIB, VCPUS};
 use crate::net_nested::{NetPlan, NetResult, NetRun, RUN_LIMIT};
 use crate::report::{Section, Status};
-use crate::sections::nested::{pod_vm_plan, run_in_l1, SetupError};
-use crate::stats::median_ratio;
+use crate::sections::nested::{pod_vm_plan, report_veil_vs_qemu, run_in_l1, Measure, SetupError};
 
 const TITLE: &str = "Pod network inside one L1: TCP between a guest container and a peer namespace, veil and QEMU virtio-net";
 
@@ -40,10 +39,8 @@ fn measure(b: &Bench) -> Result<crate::sections::nested::Outcome<NetResult>, Set
     run_in_l1(command, PLAN_FILE, &plan, budget + RUN_LIMIT + L1_MARGIN)
 }
 
-/// A measure: label, unit, its sample in a run, and whether lower is better.
-type Measure = (&'static str, &'static str, fn(&NetRun) -> Option<f64>);
-
-const MEASURES: [Measure; 2] = [
+/// The two measures: label, unit, and the sample in a run.
+const MEASURES: [Measure<NetRun>; 2] = [
     ("1-byte TCP request/response, median per VM", "us", |r| {
         r.rr_median_us
     }),
@@ -54,45 +51,13 @@ const MEASURES: [Measure; 2] = [
 
 /// Figures and veil/QEMU ratios; fails the section when either VMM has no figure.
 pub fn report(section: &mut Section, result: &NetResult) {
-    let mut failures = Failures::default();
-    for r in &result.runs {
-        if let (Some(vmm), Some(e)) = (r.vmm, &r.error) {
-            failures.add(vmm.name(), e);
-        }
-    }
-    for (label, unit, get) in MEASURES {
-        let mut summaries = Vec::new();
-        for vmm in [
-            crate::nested::NestedVmm::Veil,
-            crate::nested::NestedVmm::Qemu,
-        ] {
-            let samples: Vec<f64> = result
-                .runs
-                .iter()
-                .filter(|r| r.vmm == Some(vmm))
-                .filter_map(get)
-                .collect();
-            let s = section.figure(format!("{}: {label}", vmm.name()), unit, &samples);
-            if s.is_none() {
-                section.fail(format!("no {} run measured {label}", vmm.name()));
-            }
-            summaries.push(s);
-        }
-        section.ratio(
-            format!("veil/qemu, {label} (medians)"),
-            median_ratio(summaries[0].as_ref(), summaries[1].as_ref()),
-            None,
-        );
-    }
-    for n in failures.notes() {
-        section.note(n);
-    }
-    if result.rounds_skipped > 0 {
-        section.note(format!(
-            "{} round(s) not run: the time budget in L1 ran out",
-            result.rounds_skipped
-        ));
-    }
+    report_veil_vs_qemu(
+        section,
+        &result.runs,
+        |r| (r.vmm, r.error.as_deref()),
+        &MEASURES,
+        result.rounds_skipped,
+    );
 }
 
 pub fn run(b: &Bench) -> Section {
