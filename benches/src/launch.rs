@@ -1,5 +1,6 @@
 //! Starting a VMM process, timing its console lines, and reaping it.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -13,11 +14,13 @@ pub enum LaunchError {
         program: String,
         source: std::io::Error,
     },
-    #[error("{program} printed no line containing {needle:?} within {timeout:?}{stderr}")]
+    #[error("{program} printed no line containing {needle:?} within {timeout:?}{console}{stderr}")]
     NoLine {
         program: String,
         needle: String,
         timeout: Duration,
+        /// The last lines it did print, prefixed for the message (empty when none).
+        console: String,
         stderr: String,
     },
     #[error("{program} did not exit within {0:?}", .timeout)]
@@ -33,9 +36,14 @@ pub struct Launched {
     /// Just before fork/exec.
     pub spawned_at: Instant,
     lines: Receiver<(Instant, String)>,
+    /// The last stdout lines `wait_for_line` read past, for its error: where a boot stopped.
+    seen: VecDeque<String>,
     stderr: Receiver<String>,
     reaped: bool,
 }
+
+/// How many console lines a `NoLine` error quotes.
+const SEEN_LINES: usize = 12;
 
 /// How a reaped process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +91,7 @@ impl Launched {
             child,
             spawned_at,
             lines,
+            seen: VecDeque::with_capacity(SEEN_LINES),
             stderr,
             reaped: false,
         })
@@ -103,7 +112,12 @@ impl Launched {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok((at, line)) if line.contains(needle) => return Ok(at),
-                Ok(_) => {}
+                Ok((_, line)) => {
+                    if self.seen.len() == SEEN_LINES {
+                        self.seen.pop_front();
+                    }
+                    self.seen.push_back(line);
+                }
                 Err(e) => {
                     // Stdout closed: the process is ending and its stderr will close soon.
                     // Still running: its stderr stays open; don't wait for it.
@@ -115,6 +129,7 @@ impl Launched {
                         program: self.program.clone(),
                         needle: needle.to_string(),
                         timeout,
+                        console: self.console_tail(),
                         stderr: self.stderr_tail(wait),
                     });
                 }
@@ -133,6 +148,19 @@ impl Launched {
             lines.push(line);
         }
         lines
+    }
+
+    /// The last console lines read past, prefixed for an error message (empty when none).
+    fn console_tail(&self) -> String {
+        if self.seen.is_empty() {
+            return String::new();
+        }
+        let lines: String = self
+            .seen
+            .iter()
+            .map(|l| format!("  {}\n", l.trim_end()))
+            .collect();
+        format!("; its last {} line(s):\n{lines}", self.seen.len())
     }
 
     /// The end of what the process wrote on stderr, once its stderr closed within `wait`
@@ -276,6 +304,17 @@ mod tests {
         let text = err.to_string();
         assert!(matches!(err, LaunchError::NoLine { .. }), "{text}");
         assert!(text.contains("no kvm here"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_line_is_an_error_that_quotes_the_last_console_lines() {
+        let script = "for i in $(seq 1 20); do echo boot step $i; done";
+        let mut p = sh(script);
+        let text = p.wait_for_line("Run /init", LONG).unwrap_err().to_string();
+        // Where the boot stopped: the last lines, not the first ones.
+        assert!(text.contains("boot step 20\n"), "{text}");
+        assert!(text.contains("boot step 9\n"), "{text}");
+        assert!(!text.contains("boot step 8\n"), "{text}");
     }
 
     #[test]

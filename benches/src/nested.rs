@@ -32,6 +32,9 @@ pub const MEM_MIB: u32 = 512;
 /// Bounds on each phase of one run (everything in L1 is emulated, and slow).
 const FIRST_LINE_LIMIT: Duration = Duration::from_secs(90);
 const AGENT_LIMIT: Duration = Duration::from_secs(240);
+/// Spawn -> the kernel starting init: a few seconds in a quiet L1. A boot stuck on the way
+/// (seen once under QEMU in CI) gives up early enough for the budget to hold another run.
+const INIT_LIMIT: Duration = Duration::from_secs(60);
 const CONTAINER_LIMIT: Duration = Duration::from_secs(120);
 const EXIT_LIMIT: Duration = Duration::from_secs(60);
 /// The kernel's line as it starts the initramfs's init (the agent).
@@ -114,6 +117,64 @@ impl NestedVmm {
         } else {
             Self::Qemu
         }
+    }
+}
+
+/// The runs of one inner run: the planned rounds in the interleaved order, then one more run
+/// of a VMM for each failed run, at most [`RunOrder::RETRIES`] in all; none once the time
+/// budget is spent. Under emulation a boot sometimes stops where it never does on hardware
+/// (QEMU's L2 was seen stuck bringing up its second CPU), and one such run should not leave a
+/// VMM without a figure.
+#[derive(Debug)]
+pub struct RunOrder {
+    planned: usize,
+    started: usize,
+    retries: std::collections::VecDeque<NestedVmm>,
+    retries_left: usize,
+    /// Planned runs not started because the budget ran out.
+    pub skipped: usize,
+}
+
+impl RunOrder {
+    pub const RETRIES: usize = 2;
+
+    pub fn new(rounds: usize) -> Self {
+        Self {
+            planned: rounds * 2,
+            started: 0,
+            retries: Default::default(),
+            retries_left: Self::RETRIES,
+            skipped: 0,
+        }
+    }
+
+    /// The next run's index and VMM, or `None` when all are done or `over_budget`.
+    pub fn next(&mut self, over_budget: bool) -> Option<(usize, NestedVmm)> {
+        let index = self.started;
+        if over_budget {
+            self.skipped = self.planned.saturating_sub(index);
+            return None;
+        }
+        let vmm = if index < self.planned {
+            NestedVmm::nth(index)
+        } else {
+            self.retries.pop_front()?
+        };
+        self.started += 1;
+        Some((index, vmm))
+    }
+
+    /// Records that the run of `vmm` failed: it gets another run if retries are left.
+    pub fn failed(&mut self, vmm: NestedVmm) {
+        if self.retries_left > 0 {
+            self.retries_left -= 1;
+            self.retries.push_back(vmm);
+        }
+    }
+
+    /// Rounds not run because the budget ran out.
+    pub fn rounds_skipped(&self) -> usize {
+        self.skipped.div_ceil(2)
     }
 }
 
@@ -276,13 +337,8 @@ pub fn inner_main(plan_path: &Path) -> Result<(), NestedError> {
     let host_data = sha256_hex(ALLOW_ALL);
     let budget = Duration::from_secs(plan.budget_secs);
     let mut result = InnerResult::default();
-    let runs = plan.rounds * 2;
-    for index in 0..runs {
-        if started.elapsed() > budget {
-            result.rounds_skipped = (runs - index).div_ceil(2);
-            break;
-        }
-        let vmm = NestedVmm::nth(index);
+    let mut order = RunOrder::new(plan.rounds);
+    while let Some((index, vmm)) = order.next(started.elapsed() > budget) {
         let dir = work.path().join(format!("run{index}"));
         std::fs::create_dir(&dir).map_err(io("cannot create", &dir))?;
         let mut record = RunRecord {
@@ -292,6 +348,7 @@ pub fn inner_main(plan_path: &Path) -> Result<(), NestedError> {
         let cmdline = cmdline(vmm, &host_data);
         if let Err(e) = one_run(&runtime, &plan, vmm, &disk, &dir, &cmdline, &mut record) {
             record.error = Some(e.to_string());
+            order.failed(vmm);
         }
         eprintln!("nested: run {index} ({}): {record:?}", vmm.name());
         let _ = std::fs::remove_dir_all(&dir);
@@ -299,6 +356,7 @@ pub fn inner_main(plan_path: &Path) -> Result<(), NestedError> {
         result.elapsed_s = started.elapsed().as_secs_f64();
         write_result(&plan.out, &result)?;
     }
+    result.rounds_skipped = order.rounds_skipped();
     result.elapsed_s = started.elapsed().as_secs_f64();
     write_result(&plan.out, &result)
 }
@@ -362,7 +420,7 @@ pub fn launch(
     // The agent is not tried before the kernel starts init, under either VMM:
     // vhost-device-vsock can stop answering connections made before the guest's vsock driver
     // is up.
-    vm.wait_for_line(INIT_LINE, AGENT_LIMIT)?;
+    vm.wait_for_line(INIT_LINE, INIT_LIMIT)?;
     Ok((PodVmProcess { vm, _vhost: vhost }, line))
 }
 
@@ -586,6 +644,39 @@ mod tests {
         let order: Vec<_> = (0..6).map(NestedVmm::nth).collect();
         use NestedVmm::*;
         assert_eq!(order, [Veil, Qemu, Qemu, Veil, Veil, Qemu]);
+    }
+
+    #[test]
+    fn failed_runs_are_run_again_within_the_retries_and_the_budget() {
+        use NestedVmm::*;
+        let mut order = RunOrder::new(2);
+        let mut seen = Vec::new();
+        while let Some((index, vmm)) = order.next(false) {
+            seen.push((index, vmm));
+            // Every QEMU run fails: only two get another run.
+            if vmm == Qemu {
+                order.failed(vmm);
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                (0, Veil),
+                (1, Qemu),
+                (2, Qemu),
+                (3, Veil),
+                (4, Qemu),
+                (5, Qemu)
+            ]
+        );
+        assert_eq!(order.rounds_skipped(), 0);
+
+        let mut order = RunOrder::new(3);
+        assert_eq!(order.next(false), Some((0, Veil)));
+        order.failed(Veil);
+        assert_eq!(order.next(true), None);
+        // Five planned runs not started: three rounds' worth, rounded up.
+        assert_eq!(order.rounds_skipped(), 3);
     }
 
     #[test]

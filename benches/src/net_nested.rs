@@ -22,7 +22,7 @@ use veil_tests::netns::{connect_retrying, measure_echo, TapNetwork};
 
 use crate::nested::{
     bounded, cmdline, ctx, destroy_sandbox, finish, launch, start_container, wait_for_agent,
-    with_console, InnerPlan, NestedError, NestedVmm, RunRecord,
+    with_console, InnerPlan, NestedError, NestedVmm, RunOrder, RunRecord,
 };
 
 /// The namespaces' name prefix and the tap in the VM's namespace.
@@ -160,13 +160,8 @@ pub fn inner_main(plan_path: &Path) -> Result<(), NetBenchError> {
     let net = TapNetwork::create(NAMESPACES, TAP)?;
     let budget = Duration::from_secs(plan.vms.budget_secs);
     let mut result = NetResult::default();
-    let runs = plan.vms.rounds * 2;
-    for index in 0..runs {
-        if started.elapsed() > budget {
-            result.rounds_skipped = (runs - index).div_ceil(2);
-            break;
-        }
-        let vmm = NestedVmm::nth(index);
+    let mut order = RunOrder::new(plan.vms.rounds);
+    while let Some((index, vmm)) = order.next(started.elapsed() > budget) {
         let dir = work.path().join(format!("run{index}"));
         std::fs::create_dir(&dir).map_err(io("cannot create", &dir))?;
         let mut record = NetRun {
@@ -175,6 +170,7 @@ pub fn inner_main(plan_path: &Path) -> Result<(), NetBenchError> {
         };
         if let Err(e) = one_run(&runtime, &plan, &net, vmm, &disk, &dir, &mut record) {
             record.error = Some(e.to_string());
+            order.failed(vmm);
         }
         eprintln!("net: run {index} ({}): {record:?}", vmm.name());
         let _ = std::fs::remove_dir_all(&dir);
@@ -182,6 +178,7 @@ pub fn inner_main(plan_path: &Path) -> Result<(), NetBenchError> {
         result.elapsed_s = started.elapsed().as_secs_f64();
         write_result(&plan.vms.out, &result)?;
     }
+    result.rounds_skipped = order.rounds_skipped();
     result.elapsed_s = started.elapsed().as_secs_f64();
     write_result(&plan.vms.out, &result)
 }

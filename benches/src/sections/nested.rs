@@ -271,7 +271,7 @@ pub fn run(b: &Bench) -> Section {
             report(&mut section, result);
             section.note(format!(
                 "{} runs in one L1 ({}, QEMU TCG with nested SVM, {:.0} s wall of which {:.0} s \
-                 measuring), interleaved veil, qemu, qemu, veil, ...; {VCPUS} vCPUs, {MEM_MIB} MiB, \
+                 measuring), interleaved veil, qemu, qemu, veil, ..., each failed run repeated once at the end (two at most); {VCPUS} vCPUs, {MEM_MIB} MiB, \
                  project kernel + initramfs, busybox ext4 layer as a read-only virtio-blk disk",
                 result.runs.len(),
                 outcome.l1_kernel,

@@ -74,7 +74,7 @@ pub fn run(b: &Bench) -> Section {
             report(&mut section, result);
             section.note(format!(
                 "{} VM runs in one L1 ({}, QEMU TCG with nested SVM, {:.0} s wall of which {:.0} s \
-                 measuring), interleaved veil, qemu, qemu, veil, ...; the pod guest ({VCPUS} vCPUs, \
+                 measuring), interleaved veil, qemu, qemu, veil, ..., each failed run repeated once at the end (two at most); the pod guest ({VCPUS} vCPUs, \
                  {MEM_MIB} MiB, project kernel + initramfs) with a virtio-mmio NIC on a tap tied by tc \
                  mirred to a veth whose peer namespace runs the client; the agent configures the NIC \
                  (UpdateInterface/UpdateRoutes); a busybox `nc -e cat` container echoes; QEMU's NIC is \
