@@ -54,6 +54,22 @@ mount -t 9p -o trans=virtio,version=9p2000.L scratch "/host$scratch" ||
 ip link set lo up 2>/dev/null
 hostname veil-l1
 
+# Hold one KVM VM open for L1's whole life. Creating the first VM and destroying the last one
+# flips the scheduler's preempt-notifier static key, which rewrites live code in __schedule on
+# every CPU; under QEMU's multi-threaded TCG a vCPU can then still run the int3 of a finished
+# patch and L1 oopses ("Oops: int3" at __schedule, seen in the nested benchmark). With one VM
+# always open the key never flips back, however many VMs the command starts and stops.
+if [ -x /host/usr/bin/python3 ]; then
+    chroot /host /usr/bin/python3 -c '
+import fcntl, os, signal
+kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+fcntl.ioctl(kvm, 0xAE01, 0)  # KVM_CREATE_VM; its fd stays open until L1 powers off
+signal.pause()
+' </dev/null >/dev/console 2>&1 &
+else
+    echo "veil-l1: warning: no python3 to hold a KVM VM open; L1 may oops under TCG" >/dev/console
+fi
+
 echo "veil-l1: ready" >/dev/console
 chroot /host /usr/bin/env -i \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
