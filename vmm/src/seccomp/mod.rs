@@ -10,10 +10,12 @@
 //! (the `veil` binary).
 
 mod allowlist;
+mod dispatch;
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use dispatch::ByNumber;
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
 
 /// Which threads get a filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -124,13 +126,9 @@ fn chain(first: BpfProgram, then: BpfProgram) -> BpfProgram {
     out
 }
 
-fn compile(
-    list: Vec<allowlist::Entry>,
-    mismatch: SeccompAction,
-    matched: SeccompAction,
-) -> Result<BpfProgram, seccompiler::BackendError> {
-    // An unconditional entry allows the call whatever its arguments; entries for the same
-    // call with conditions are alternatives.
+/// The list by call: `None` for a call allowed whatever its arguments (an unconditional
+/// entry wins), otherwise every entry's conditions as alternatives.
+fn merge(list: Vec<allowlist::Entry>) -> BTreeMap<i64, Option<Vec<SeccompRule>>> {
     let mut merged: BTreeMap<i64, Option<Vec<_>>> = BTreeMap::new();
     for (nr, conditions) in list {
         let entry = merged.entry(nr).or_insert_with(|| Some(Vec::new()));
@@ -140,11 +138,49 @@ fn compile(
             (None, false) => {}
         }
     }
-    let rules = merged
-        .into_iter()
-        .map(|(nr, rules)| (nr, rules.unwrap_or_default()))
+    merged
+}
+
+fn compile(
+    list: Vec<allowlist::Entry>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, seccompiler::BackendError> {
+    let merged = merge(list);
+    let calls: Vec<(u32, ByNumber)> = merged
+        .iter()
+        .map(|(&nr, rules)| {
+            let by = match rules {
+                None => ByNumber::Matched,
+                Some(_) => ByNumber::ByArguments,
+            };
+            (nr as u32, by)
+        })
         .collect();
-    SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)?.try_into()
+    // seccompiler's program gets only the calls with conditions: the search in front decides
+    // all others, and the fewer instructions the kernel has to check and compile, the faster
+    // a thread installs the filter.
+    let conditional: BTreeMap<i64, Vec<_>> = merged
+        .into_iter()
+        .filter_map(|(nr, rules)| Some((nr, rules?)))
+        .collect();
+    let checks: BpfProgram = if conditional.is_empty() {
+        Vec::new()
+    } else {
+        SeccompFilter::new(
+            conditional,
+            mismatch.clone(),
+            matched.clone(),
+            TargetArch::x86_64,
+        )?
+        .try_into()?
+    };
+    Ok(dispatch::in_front_of(
+        &calls,
+        matched.into(),
+        mismatch.into(),
+        checks,
+    ))
 }
 
 /// The filters for every kind of thread, compiled once before any is installed, so that a
@@ -195,6 +231,87 @@ pub fn apply_to_current_thread(kind: ThreadKind) -> Result<(), SeccompError> {
 mod tests {
     use super::*;
     use seccompiler::sock_filter;
+
+    /// seccompiler's own program for `list`, without the search in front.
+    fn linear(list: Vec<allowlist::Entry>) -> BpfProgram {
+        let rules = merge(list)
+            .into_iter()
+            .map(|(nr, rules)| (nr, rules.unwrap_or_default()))
+            .collect();
+        SeccompFilter::new(
+            rules,
+            SeccompAction::KillProcess,
+            SeccompAction::Allow,
+            TargetArch::x86_64,
+        )
+        .unwrap()
+        .try_into()
+        .unwrap()
+    }
+
+    /// Every call number, with every value the lists compare arguments with, gets the same
+    /// verdict from the program with the search in front as from seccompiler's alone; and
+    /// every call the number alone decides is decided within a few dozen steps of the
+    /// kernel's action-cache emulation (the cost of installing the filter).
+    #[test]
+    fn the_search_in_front_keeps_every_verdict_and_decides_numbers_quickly() {
+        type List = fn() -> Result<Vec<allowlist::Entry>, seccompiler::BackendError>;
+        let lists: [(&str, List); 3] = [
+            ("vcpu", allowlist::vcpu),
+            ("event loop", allowlist::event_loop),
+            ("main", allowlist::main_thread),
+        ];
+        for (name, list) in lists {
+            let fast = compile(
+                list().unwrap(),
+                SeccompAction::KillProcess,
+                SeccompAction::Allow,
+            )
+            .unwrap();
+            let reference = linear(list().unwrap());
+            let conditional: Vec<i64> = merge(list().unwrap())
+                .into_iter()
+                .filter_map(|(nr, rules)| rules.map(|_| nr))
+                .collect();
+            assert!(!conditional.is_empty(), "{name}: no call with conditions");
+            // Values the programs compare with, and some they do not.
+            let mut values: Vec<u64> = reference
+                .iter()
+                .filter(|i| i.code == 0x15)
+                .map(|i| u64::from(i.k))
+                .collect();
+            values.extend([0, 1, 0xdead_beef, u64::MAX]);
+            values.sort_unstable();
+            values.dedup();
+            let arches = [0xc000_003e, 0x4000_0003];
+            for nr in (0..480u32).chain([0x4000_0000, 0x4000_0010, 0x4000_0200, u32::MAX]) {
+                let is_conditional = conditional.contains(&i64::from(nr));
+                for arch in arches {
+                    for &v in &values {
+                        let args = [v, v, v, v, v, v];
+                        assert_eq!(
+                            dispatch::tests::run(&fast, nr, arch, &args),
+                            dispatch::tests::run(&reference, nr, arch, &args),
+                            "{name}: nr {nr} arch {arch:#x} args {v:#x}"
+                        );
+                        if !is_conditional {
+                            break;
+                        }
+                    }
+                }
+                if !is_conditional {
+                    let steps = dispatch::tests::cache_steps(&fast, nr);
+                    assert!(steps <= 32, "{name}: nr {nr} takes {steps} steps");
+                }
+            }
+            assert!(
+                fast.len() < reference.len(),
+                "{name}: {} >= {}",
+                fast.len(),
+                reference.len()
+            );
+        }
+    }
 
     /// Whatever the first program allows continues at the second's first instruction; its
     /// other verdicts stay returns.
