@@ -223,6 +223,8 @@ pub enum CliError {
     Jail(#[from] JailError),
     #[error("--control-fd {fd}: {reason}")]
     ControlFd { fd: i32, reason: String },
+    #[error("--jail: cannot start the thread that builds the VM: {0}")]
+    BuildThread(std::io::Error),
     #[error(transparent)]
     Control(#[from] ControlError),
 }
@@ -495,7 +497,23 @@ fn boot(
         )),
         (path, _) => path.map(Metrics::Path),
     };
-    let vm = Vm::with_start(config, start)?;
+    let (vm, network) = match &jail {
+        None => (Vm::with_start(config, start)?, None),
+        // The jail's new network namespace takes about as long as building the VM: this
+        // thread (which runs the VM) enters it while another builds, opening any tap in the
+        // host's namespace.
+        Some(_) => std::thread::scope(|scope| {
+            let build = std::thread::Builder::new()
+                .name("veil-build".into())
+                .spawn_scoped(scope, move || Vm::with_start(config, start))
+                .map_err(CliError::BuildThread)?;
+            let network = jail::isolate_network();
+            let vm = build
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            Ok::<_, CliError>((vm, Some(network?)))
+        })?,
+    };
     match vm.snp_launch() {
         Some(launch) if launch.firmware == SnpFirmware::Model => eprintln!(
             "veil: SNP launch digest (INSECURE model firmware): {} ({} measured bytes, vCPU signature {:#x})",
@@ -516,8 +534,8 @@ fn boot(
             launch.device_args_not_passed.join(" ")
         );
     }
-    if let Some(jail) = &jail {
-        jail::confine(jail)?;
+    if let (Some(jail), Some(network)) = (&jail, network) {
+        jail::confine(jail, network)?;
     }
     stop_on_signals(vm.stop_handle(), filtered)?;
     if let Some(socket) = control {

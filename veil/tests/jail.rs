@@ -134,9 +134,15 @@ fn a_jailed_vmm_is_unprivileged_filtered_and_sees_no_host_file() {
     let vmm = vm.vmm_pid();
 
     let mut tasks = Vec::new();
+    let jail_net = namespace(&vmm, "net");
     for task in std::fs::read_dir(format!("/proc/{vmm}/task")).unwrap() {
-        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let task = task.unwrap().path();
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
         let name = field(&status, "Name:");
+        // The network namespace is per thread: every one is in the jail's (the VM is built
+        // on a thread of its own, left in the host's, which must be gone).
+        let net = std::fs::read_link(task.join("ns/net")).unwrap();
+        assert_eq!(net.display().to_string(), jail_net, "{name}");
         assert_eq!(field(&status, "Uid:"), [NOBODY; 4].join(" "), "{name}");
         assert_eq!(field(&status, "Gid:"), [NOBODY; 4].join(" "), "{name}");
         assert_eq!(field(&status, "Groups:"), "", "{name}");

@@ -12,10 +12,12 @@
 //!    reports its exit status (see [`relay`]); the child (PID 1 of its namespace) goes on.
 //! 2. [`detach_mounts`] in the child: new mount, IPC and UTS namespaces whose mounts no
 //!    longer propagate to the host. Host paths stay visible for step 3.
-//! 3. The child builds the VM ([`Vm::new`](crate::Vm::new)): every file is opened here.
-//! 4. [`confine`]: a new network namespace (after the VM opened its tap in the host's), the
-//!    empty root, resource limits, then the unprivileged uid/gid with no capabilities in any
-//!    set and `no_new_privs`.
+//! 3. The child builds the VM ([`Vm::new`](crate::Vm::new)): every file is opened here. At
+//!    the same time, on another thread, [`isolate_network`] moves the thread that will run
+//!    the VM into a new network namespace: the jail's costliest step (~0.5 ms) then overlaps
+//!    the build, and the build still opens its tap in the host's namespace.
+//! 4. [`confine`], once the building thread is gone: the empty root, resource limits, then
+//!    the unprivileged uid/gid with no capabilities in any set and `no_new_privs`.
 //! 5. [`Vm::run`](crate::Vm::run) with seccomp filters as without the jail.
 //!
 //! Nothing is created on the host: the empty root is a tmpfs in the child's own mount
@@ -116,12 +118,26 @@ pub fn detach_mounts() -> Result<(), JailError> {
     root::make_mounts_private()
 }
 
-/// Step 4: the network namespace, the empty root, the limits and the unprivileged identity.
-/// After this the process can use only the descriptors it holds.
-pub fn confine(config: &JailConfig) -> Result<(), JailError> {
-    // SAFETY: unshare only changes this thread's namespaces (it is the only thread of ours).
+/// Proof that the calling thread is in a network namespace of its own, for [`confine`].
+#[derive(Debug)]
+#[must_use = "confine() takes it"]
+pub struct NetworkIsolated(());
+
+/// Step 3, beside the VM's build: moves the calling thread (only it: the namespace is a
+/// per-thread property) into a new, empty network namespace. Threads it starts afterwards
+/// (vCPUs, the event loop) inherit it.
+pub fn isolate_network() -> Result<NetworkIsolated, JailError> {
+    // SAFETY: unshare only changes the calling thread's network namespace.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
     check_privileged(rc, "create a network namespace")?;
+    Ok(NetworkIsolated(()))
+}
+
+/// Step 4: the empty root, the limits and the unprivileged identity, on the thread that
+/// isolated its network, once the thread that built the VM has ended (capabilities are
+/// dropped per thread: a thread of ours still running would keep them). After this the
+/// process can use only the descriptors it holds.
+pub fn confine(config: &JailConfig, _network: NetworkIsolated) -> Result<(), JailError> {
     root::enter_empty_root()?;
     privileges::limit_resources(config)?;
     privileges::drop_to(&config.user)
