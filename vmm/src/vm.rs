@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use veil_devices::bus::Bus;
 use veil_devices::i8042::{self, ResetController};
@@ -38,6 +38,7 @@ use crate::x86_64::layout::{
 use crate::x86_64::mptable::{self, MptableError};
 use crate::x86_64::regs::EntryMode;
 use crate::x86_64::regs::{self, RegsError};
+use crate::x86_64::supported_cpuid::SupportedCpuid;
 use veil_snp::igvm::LaunchPlan;
 use veil_snp::vmsa::Vmsa;
 
@@ -164,6 +165,7 @@ impl Vm {
             _ => None,
         };
         let kvm = open_kvm(&config.kvm_device)?;
+        let supported = SupportedCpuid::start(&kvm);
         let max = kvm.get_max_vcpus() as u32;
         if config.vcpus > max {
             return Err(VmError::TooManyVcpus {
@@ -188,12 +190,6 @@ impl Vm {
         let ram = GuestRam::create(&vm_fd, config.mem_mib, backing)?;
         let memory = ram.mmap();
         setup_vm(&vm_fd)?;
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("report its supported CPUID"))?;
-        let cpuids: Vec<CpuId> = (0..config.vcpus)
-            .map(|id| vcpu_cpuid(&supported, id, config.vcpus, config.cpu_template))
-            .collect();
 
         let mut mmio = Bus::new();
         let devices = devices::attach(
@@ -208,6 +204,12 @@ impl Vm {
             config.boot_timer.then_some(start),
             confidential,
         )?;
+        let supported = supported
+            .get(&kvm)
+            .map_err(kvm_err("report its supported CPUID"))?;
+        let cpuids: Vec<CpuId> = (0..config.vcpus)
+            .map(|id| vcpu_cpuid(&supported, id, config.vcpus, config.cpu_template))
+            .collect();
         let cmdline = config.full_cmdline(&devices.cmdline_args)?;
         let facts = GuestFacts {
             mem_bytes,
@@ -421,16 +423,20 @@ impl Vm {
                 return Err(VmError::Io(e));
             }
         };
-        let mut ready = match installed.recv() {
+        // This thread's filter goes in while the event loop's thread installs its own: each
+        // install costs tens of microseconds, and the vCPUs wait for both.
+        let own = match self.seccomp {
+            SeccompLevel::AllThreads => seccomp::apply(ThreadKind::Main, &filters.main),
+            _ => Ok(()),
+        };
+        let events_ready = match installed.recv() {
             Ok(result) => result,
             // The thread died before reporting: its join below tells why.
             Err(_) => Ok(()),
         };
-        if ready.is_ok() && self.seccomp == SeccompLevel::AllThreads {
-            ready = seccomp::apply(ThreadKind::Main, &filters.main);
-            if ready.is_err() {
-                StopHandle(self.stop.clone()).stop();
-            }
+        let ready = events_ready.and(own);
+        if ready.is_err() {
+            StopHandle(self.stop.clone()).stop();
         }
         gate.open(ready.is_ok());
         let result = match events.join() {

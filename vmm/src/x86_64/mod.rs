@@ -7,5 +7,6 @@ pub mod cpuid;
 pub mod layout;
 pub mod mptable;
 pub mod regs;
+pub mod supported_cpuid;
 
 pub use veil_snp::x86_boot::gdt;
