@@ -71,13 +71,13 @@ pub fn drop_to(user: &JailUser) -> Result<(), JailError> {
 
 /// Drops every capability from the bounding set, up to the highest this kernel knows.
 fn drop_bounding_set() -> Result<(), JailError> {
+    // One call per capability (no PR_CAPBSET_READ first: each call is on the boot path).
     for cap in 0.. {
         // SAFETY: prctl with integer arguments only.
-        if unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } < 0 {
-            return Ok(()); // EINVAL: past the last capability
-        }
-        // SAFETY: prctl with integer arguments only.
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        if rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            return Ok(()); // past the last capability this kernel knows
+        }
         check_privileged(rc, "drop the bounding capability set")?;
     }
     Ok(())
