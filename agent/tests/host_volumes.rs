@@ -5,12 +5,15 @@
 //! GetMetrics answer. Needs root, e2fsprogs and busybox-static (skips otherwise).
 
 mod common;
+#[path = "common/volumes.rs"]
+mod volumes;
 
 use std::time::Duration;
 
 use common::*;
 use veil_agent::protocols::{agent, oci};
-use veil_agent::testing::{bind_mount, copy_file_request, ephemeral_volume};
+use veil_agent::testing::copy_file_request;
+use volumes::copied_file_and_shared_empty_dir;
 
 const CM_DIR: &str = "/run/kata-containers/shared/containers/pod1-config";
 
@@ -39,12 +42,6 @@ async fn copied_files_and_empty_dirs_reach_the_pods_containers() {
     require_host!();
     let image = BusyboxImage::new();
     let (agent, client) = ready_agent().await;
-    let key = format!("{CM_DIR}/key");
-    client
-        .agent
-        .copy_file(ctx(), &copy_file_request(&key, b"one\n"))
-        .await
-        .unwrap();
     // CopyFile outside the shared directory is refused.
     let (code, msg) = status_of(
         client
@@ -54,55 +51,7 @@ async fn copied_files_and_empty_dirs_reach_the_pods_containers() {
     );
     assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
 
-    let (storage, cache) = ephemeral_volume("cache");
-    let mut writer = create_request(
-        "writer",
-        &image.device,
-        &[
-            "sh",
-            "-c",
-            "echo shared > /cache/x; cat /etc/cm/key; sleep 1000",
-        ],
-    );
-    writer.storages.push(storage.clone());
-    let spec = writer.OCI.as_mut().unwrap();
-    spec.Mounts.push(bind_mount(CM_DIR, "/etc/cm", true));
-    spec.Mounts.push(bind_mount(&cache, "/cache", false));
-    client.agent.create_container(ctx(), &writer).await.unwrap();
-    start(&client, "writer").await;
-    assert_eq!(
-        read_until(&client, "writer", "writer", "one\n").await,
-        "one\n"
-    );
-
-    // A second container of the pod sees what the first wrote to the emptyDir.
-    let mut reader = create_request("reader", &image.device, &["cat", "/cache/x"]);
-    reader.storages.push(storage);
-    reader
-        .OCI
-        .as_mut()
-        .unwrap()
-        .Mounts
-        .push(bind_mount(&cache, "/cache", false));
-    client.agent.create_container(ctx(), &reader).await.unwrap();
-    start(&client, "reader").await;
-    assert_eq!(
-        read_all(&client, "reader", "reader", false).await,
-        "shared\n"
-    );
-
-    // An update of the copied file reaches the running container.
-    client
-        .agent
-        .copy_file(ctx(), &copy_file_request(&key, b"two\n"))
-        .await
-        .unwrap();
-    let mut exec = agent::ExecProcessRequest::new();
-    exec.container_id = "writer".into();
-    exec.exec_id = "cat".into();
-    exec.process = protobuf::MessageField::some(process(&["cat", "/etc/cm/key"]));
-    client.agent.exec_process(ctx(), &exec).await.unwrap();
-    assert_eq!(read_all(&client, "writer", "cat", false).await, "two\n");
+    copied_file_and_shared_empty_dir(&client, &image.device, CM_DIR).await;
 
     let mut list = agent::ListProcessesRequest::new();
     list.container_id = "writer".into();

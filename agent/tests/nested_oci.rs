@@ -10,6 +10,8 @@ mod common;
 
 #[path = "common/pod_vm.rs"]
 mod pod_vm;
+#[path = "common/volumes.rs"]
+mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,10 +19,9 @@ use std::time::Duration;
 
 use common::*;
 use pod_vm::PodVm;
-use veil_agent::client::AgentClient;
 use veil_agent::protocols::{agent, oci};
-use veil_agent::testing::{bind_mount, copy_file_request, ephemeral_volume};
 use veil_tests::nested::run_test_in_l1;
+use volumes::{copied_file_and_shared_empty_dir, start_container};
 
 /// Packs `tree` into an ext4 image with 4 KiB blocks.
 fn ext4_image(tree: &Path, image: &Path) -> PathBuf {
@@ -74,21 +75,6 @@ fn storage(device: &str) -> agent::Storage {
     s.source = device.into();
     s.fstype = "ext4".into();
     s
-}
-
-async fn start_container(client: &AgentClient, create: &agent::CreateContainerRequest) {
-    client
-        .agent
-        .create_container(ctx(), create)
-        .await
-        .unwrap_or_else(|e| panic!("create {}: {e:?}", create.container_id));
-    let mut start = agent::StartContainerRequest::new();
-    start.container_id = create.container_id.clone();
-    client
-        .agent
-        .start_container(ctx(), &start)
-        .await
-        .unwrap_or_else(|e| panic!("start {}: {e:?}", create.container_id));
 }
 
 /// A seccomp profile allowing everything but mkdir/mkdirat (EPERM).
@@ -208,55 +194,7 @@ async fn scenario() {
 
     // Volumes: a copied ConfigMap-like file and an emptyDir shared by two containers.
     let cm_dir = "/run/kata-containers/shared/containers/pod-cm";
-    let key = format!("{cm_dir}/key");
-    client
-        .agent
-        .copy_file(ctx(), &copy_file_request(&key, b"one\n"))
-        .await
-        .unwrap();
-    let (volume, cache) = ephemeral_volume("cache");
-    let mut writer = create_request(
-        "writer",
-        "/dev/vda",
-        &[
-            "sh",
-            "-c",
-            "echo shared > /cache/x; cat /etc/cm/key; sleep 600",
-        ],
-    );
-    writer.storages.push(volume.clone());
-    let spec = writer.OCI.as_mut().unwrap();
-    spec.Mounts.push(bind_mount(cm_dir, "/etc/cm", true));
-    spec.Mounts.push(bind_mount(&cache, "/cache", false));
-    start_container(&client, &writer).await;
-    assert_eq!(
-        read_until(&client, "writer", "writer", "one\n").await,
-        "one\n"
-    );
-    let mut reader = create_request("reader", "/dev/vda", &["cat", "/cache/x"]);
-    reader.storages.push(volume);
-    reader
-        .OCI
-        .as_mut()
-        .unwrap()
-        .Mounts
-        .push(bind_mount(&cache, "/cache", false));
-    start_container(&client, &reader).await;
-    assert_eq!(
-        read_all(&client, "reader", "reader", false).await,
-        "shared\n"
-    );
-    client
-        .agent
-        .copy_file(ctx(), &copy_file_request(&key, b"two\n"))
-        .await
-        .unwrap();
-    let mut exec = agent::ExecProcessRequest::new();
-    exec.container_id = "writer".into();
-    exec.exec_id = "cat".into();
-    exec.process = protobuf::MessageField::some(process(&["cat", "/etc/cm/key"]));
-    client.agent.exec_process(ctx(), &exec).await.unwrap();
-    assert_eq!(read_all(&client, "writer", "cat", false).await, "two\n");
+    copied_file_and_shared_empty_dir(&client, "/dev/vda", cm_dir).await;
     remove_container(&client, "reader").await;
     remove_container(&client, "writer").await;
 
