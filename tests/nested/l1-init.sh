@@ -54,21 +54,36 @@ mount -t 9p -o trans=virtio,version=9p2000.L scratch "/host$scratch" ||
 ip link set lo up 2>/dev/null
 hostname veil-l1
 
-# Hold one KVM VM open for L1's whole life. Creating the first VM and destroying the last one
-# flips the scheduler's preempt-notifier static key, which rewrites live code in __schedule on
-# every CPU; under QEMU's multi-threaded TCG a vCPU can then still run the int3 of a finished
-# patch and L1 oopses ("Oops: int3" at __schedule, seen in the nested benchmark). With one VM
-# always open the key never flips back, however many VMs the command starts and stops.
+# Hold one KVM VM (with an in-kernel irqchip and one vCPU) open for L1's whole life, made
+# while L1 runs on one CPU. The first VM and vCPU flip static keys (the scheduler's
+# preempt-notifier key, the LAPIC keys), which rewrites live code, in __schedule among other
+# places; under QEMU's multi-threaded TCG another vCPU can then still run the int3 of a
+# finished patch, and L1 oopses ("Oops: int3" at __schedule, seen in the nested benchmark and
+# tests). Without a second CPU online nothing can race the patch, and with the VM held the
+# keys never flip back, however many VMs the command starts and stops.
+held=/run/veil-l1-kvm-held
+others=$(ls -d /sys/devices/system/cpu/cpu[1-9]* 2>/dev/null)
+for cpu in $others; do echo 0 >"$cpu/online" 2>/dev/null; done
 if [ -x /host/usr/bin/python3 ]; then
     chroot /host /usr/bin/python3 -c '
-import fcntl, os, signal
+import fcntl, os, signal, sys
 kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-fcntl.ioctl(kvm, 0xAE01, 0)  # KVM_CREATE_VM; its fd stays open until L1 powers off
-signal.pause()
-' </dev/null >/dev/console 2>&1 &
+vm = fcntl.ioctl(kvm, 0xAE01, 0)  # KVM_CREATE_VM
+fcntl.ioctl(vm, 0xAE60, 0)  # KVM_CREATE_IRQCHIP
+fcntl.ioctl(vm, 0xAE41, 0)  # KVM_CREATE_VCPU 0
+open(sys.argv[1], "w").close()
+signal.pause()  # the descriptors stay open until L1 powers off
+' "$held" </dev/null >/dev/console 2>&1 &
+    waited=0
+    while [ ! -e "/host$held" ] && [ $waited -lt 300 ]; do
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    [ -e "/host$held" ] || echo "veil-l1: warning: the KVM VM to hold was not made in 30 s" >/dev/console
 else
     echo "veil-l1: warning: no python3 to hold a KVM VM open; L1 may oops under TCG" >/dev/console
 fi
+for cpu in $others; do echo 1 >"$cpu/online" 2>/dev/null; done
 
 echo "veil-l1: ready" >/dev/console
 chroot /host /usr/bin/env -i \

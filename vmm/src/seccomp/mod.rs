@@ -313,6 +313,50 @@ mod tests {
         }
     }
 
+    /// The one program a vCPU or event-loop thread installs decides every call as the two
+    /// stacked filters it replaces would: `open`/`openat` fail with EACCES, everything else
+    /// as seccompiler's allow list alone decides it.
+    #[test]
+    fn each_threads_program_gives_the_stacked_verdicts() {
+        type List = fn() -> Result<Vec<allowlist::Entry>, seccompiler::BackendError>;
+        let kinds: [(ThreadKind, List); 2] = [
+            (ThreadKind::Vcpu, allowlist::vcpu),
+            (ThreadKind::EventLoop, allowlist::event_loop),
+        ];
+        let eacces = libc::SECCOMP_RET_ERRNO | libc::EACCES as u32;
+        for (kind, list) in kinds {
+            let filter = filter(kind).unwrap();
+            assert_eq!(filter.programs.len(), 1, "{kind:?}");
+            let program = &filter.programs[0];
+            let reference = linear(list().unwrap());
+            let mut values: Vec<u64> = reference
+                .iter()
+                .filter(|i| i.code == 0x15)
+                .map(|i| u64::from(i.k))
+                .collect();
+            values.extend([0, 0xdead_beef]);
+            for nr in 0..480u32 {
+                for arch in [0xc000_003e, 0x4000_0003] {
+                    for &v in &values {
+                        let args = [v; 6];
+                        let expected = if arch == 0xc000_003e
+                            && [libc::SYS_open, libc::SYS_openat].contains(&i64::from(nr))
+                        {
+                            eacces
+                        } else {
+                            dispatch::tests::run(&reference, nr, arch, &args)
+                        };
+                        assert_eq!(
+                            dispatch::tests::run(program, nr, arch, &args),
+                            expected,
+                            "{kind:?}: nr {nr} arch {arch:#x} args {v:#x}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// Whatever the first program allows continues at the second's first instruction; its
     /// other verdicts stay returns.
     #[test]
