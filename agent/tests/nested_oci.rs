@@ -21,7 +21,7 @@ use common::*;
 use pod_vm::PodVm;
 use veil_agent::protocols::{agent, oci};
 use veil_tests::nested::run_test_in_l1;
-use volumes::{copied_file_and_shared_empty_dir, start_container};
+use volumes::copied_file_and_shared_empty_dir;
 
 /// Packs `tree` into an ext4 image with 4 KiB blocks.
 fn ext4_image(tree: &Path, image: &Path) -> PathBuf {

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use pod_vm::PodVm;
-use veil_agent::client::AgentClient;
 use veil_agent::protocols::agent;
 use veil_tests::nested::run_test_in_l1;
 
@@ -26,17 +25,6 @@ fn pod_policy() -> String {
         "default ExecProcessRequest := false\n\
          ExecProcessRequest {\n    input.process.Args[0] != \"id\"\n}\n",
     )
-}
-
-async fn start_container(client: &AgentClient, create: &agent::CreateContainerRequest) {
-    client
-        .agent
-        .create_container(ctx(), create)
-        .await
-        .unwrap_or_else(|e| panic!("create {}: {e:?}", create.container_id));
-    let mut start = agent::StartContainerRequest::new();
-    start.container_id = create.container_id.clone();
-    client.agent.start_container(ctx(), &start).await.unwrap();
 }
 
 fn exec_request(id: &str, exec_id: &str, args: &[&str]) -> agent::ExecProcessRequest {

@@ -306,6 +306,22 @@ pub async fn wait_status(client: &AgentClient, id: &str, exec_id: &str) -> i32 {
 }
 
 /// Removes container `id`, which must succeed.
+/// Creates and starts a container, naming it in any failure.
+pub async fn start_container(client: &AgentClient, create: &agent::CreateContainerRequest) {
+    client
+        .agent
+        .create_container(ctx(), create)
+        .await
+        .unwrap_or_else(|e| panic!("create {}: {e:?}", create.container_id));
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = create.container_id.clone();
+    client
+        .agent
+        .start_container(ctx(), &start)
+        .await
+        .unwrap_or_else(|e| panic!("start {}: {e:?}", create.container_id));
+}
+
 pub async fn remove_container(client: &AgentClient, id: &str) {
     let mut remove = agent::RemoveContainerRequest::new();
     remove.container_id = id.into();

@@ -9,23 +9,7 @@ use veil_agent::testing::{
     bind_mount, copy_file_request, create_request, ephemeral_volume, process,
 };
 
-use super::{ctx, read_all, read_until};
-
-/// Creates and starts a container, naming it in any failure.
-pub async fn start_container(client: &AgentClient, create: &agent::CreateContainerRequest) {
-    client
-        .agent
-        .create_container(ctx(), create)
-        .await
-        .unwrap_or_else(|e| panic!("create {}: {e:?}", create.container_id));
-    let mut start = agent::StartContainerRequest::new();
-    start.container_id = create.container_id.clone();
-    client
-        .agent
-        .start_container(ctx(), &start)
-        .await
-        .unwrap_or_else(|e| panic!("start {}: {e:?}", create.container_id));
-}
+use super::{ctx, read_all, read_until, start_container};
 
 /// A ConfigMap-like file copied into `cm_dir` with CopyFile is visible in container `writer`
 /// through a read-only bind mount, and an update of it reaches the running container; an
