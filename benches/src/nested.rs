@@ -132,7 +132,7 @@ pub struct RunOrder {
     retries: std::collections::VecDeque<NestedVmm>,
     retries_left: usize,
     /// Planned runs not started because the budget ran out.
-    pub skipped: usize,
+    skipped: usize,
 }
 
 impl RunOrder {

@@ -24,15 +24,16 @@ pub enum ByNumber {
     ByArguments,
 }
 
+/// Classic BPF opcodes (`BPF_LD | BPF_W | BPF_ABS`, `BPF_JMP | BPF_JA`, ...).
 const BPF_LD_W_ABS: u16 = 0x20;
-const BPF_JMP_JA: u16 = 0x05;
-const BPF_JMP_JEQ_K: u16 = 0x15;
+pub(super) const BPF_JMP_JA: u16 = 0x05;
+pub(super) const BPF_JMP_JEQ_K: u16 = 0x15;
 const BPF_JMP_JGE_K: u16 = 0x35;
-const BPF_RET_K: u16 = 0x06;
+pub(super) const BPF_RET_K: u16 = 0x06;
 /// `struct seccomp_data` offsets.
 const NR_OFFSET: u32 = 0;
 const ARCH_OFFSET: u32 = 4;
-const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+pub(super) const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 /// At most this many calls are tested one after another at the bottom of the search.
 const LEAF_CALLS: usize = 4;
 /// A conditional jump's offsets are one byte.

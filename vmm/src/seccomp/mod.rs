@@ -105,8 +105,7 @@ pub fn filter(kind: ThreadKind) -> Result<ThreadFilter, SeccompError> {
 /// `first`'s "allow" returns become forward jumps to `then`'s first instruction; its other
 /// returns stay, so its stricter verdicts win as they do when stacked.
 fn chain(first: BpfProgram, then: BpfProgram) -> BpfProgram {
-    const BPF_RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    const BPF_JMP_JA: u16 = 0x05; // BPF_JMP | BPF_JA
+    use dispatch::{BPF_JMP_JA, BPF_RET_K};
     let len = first.len();
     let mut out: BpfProgram = first
         .into_iter()
@@ -232,6 +231,26 @@ mod tests {
     use super::*;
     use seccompiler::sock_filter;
 
+    use dispatch::{AUDIT_ARCH_X86_64, BPF_JMP_JA, BPF_JMP_JEQ_K, BPF_RET_K};
+
+    type List = fn() -> Result<Vec<allowlist::Entry>, seccompiler::BackendError>;
+
+    /// An architecture whose calls every program refuses (i386).
+    const OTHER_ARCH: u32 = 0x4000_0003;
+
+    /// The values `reference` compares arguments with, and some it does not.
+    fn compared_values(reference: &[sock_filter]) -> Vec<u64> {
+        let mut values: Vec<u64> = reference
+            .iter()
+            .filter(|i| i.code == BPF_JMP_JEQ_K)
+            .map(|i| u64::from(i.k))
+            .collect();
+        values.extend([0, 1, 0xdead_beef, u64::MAX]);
+        values.sort_unstable();
+        values.dedup();
+        values
+    }
+
     /// seccompiler's own program for `list`, without the search in front.
     fn linear(list: Vec<allowlist::Entry>) -> BpfProgram {
         let rules = merge(list)
@@ -255,7 +274,6 @@ mod tests {
     /// kernel's action-cache emulation (the cost of installing the filter).
     #[test]
     fn the_search_in_front_keeps_every_verdict_and_decides_numbers_quickly() {
-        type List = fn() -> Result<Vec<allowlist::Entry>, seccompiler::BackendError>;
         let lists: [(&str, List); 3] = [
             ("vcpu", allowlist::vcpu),
             ("event loop", allowlist::event_loop),
@@ -274,19 +292,10 @@ mod tests {
                 .filter_map(|(nr, rules)| rules.map(|_| nr))
                 .collect();
             assert!(!conditional.is_empty(), "{name}: no call with conditions");
-            // Values the programs compare with, and some they do not.
-            let mut values: Vec<u64> = reference
-                .iter()
-                .filter(|i| i.code == 0x15)
-                .map(|i| u64::from(i.k))
-                .collect();
-            values.extend([0, 1, 0xdead_beef, u64::MAX]);
-            values.sort_unstable();
-            values.dedup();
-            let arches = [0xc000_003e, 0x4000_0003];
+            let values = compared_values(&reference);
             for nr in (0..480u32).chain([0x4000_0000, 0x4000_0010, 0x4000_0200, u32::MAX]) {
                 let is_conditional = conditional.contains(&i64::from(nr));
-                for arch in arches {
+                for arch in [AUDIT_ARCH_X86_64, OTHER_ARCH] {
                     for &v in &values {
                         let args = [v, v, v, v, v, v];
                         assert_eq!(
@@ -318,7 +327,6 @@ mod tests {
     /// as seccompiler's allow list alone decides it.
     #[test]
     fn each_threads_program_gives_the_stacked_verdicts() {
-        type List = fn() -> Result<Vec<allowlist::Entry>, seccompiler::BackendError>;
         let kinds: [(ThreadKind, List); 2] = [
             (ThreadKind::Vcpu, allowlist::vcpu),
             (ThreadKind::EventLoop, allowlist::event_loop),
@@ -329,17 +337,12 @@ mod tests {
             assert_eq!(filter.programs.len(), 1, "{kind:?}");
             let program = &filter.programs[0];
             let reference = linear(list().unwrap());
-            let mut values: Vec<u64> = reference
-                .iter()
-                .filter(|i| i.code == 0x15)
-                .map(|i| u64::from(i.k))
-                .collect();
-            values.extend([0, 0xdead_beef]);
+            let values = compared_values(&reference);
             for nr in 0..480u32 {
-                for arch in [0xc000_003e, 0x4000_0003] {
+                for arch in [AUDIT_ARCH_X86_64, OTHER_ARCH] {
                     for &v in &values {
                         let args = [v; 6];
-                        let expected = if arch == 0xc000_003e
+                        let expected = if arch == AUDIT_ARCH_X86_64
                             && [libc::SYS_open, libc::SYS_openat].contains(&i64::from(nr))
                         {
                             eacces
@@ -375,7 +378,7 @@ mod tests {
         )
         .unwrap();
         let (first_len, second_len) = (first.len(), second.len());
-        let is_ret = |i: &sock_filter| i.code == 0x06;
+        let is_ret = |i: &sock_filter| i.code == BPF_RET_K;
         let allows: Vec<usize> = (0..first_len)
             .filter(|&at| is_ret(&first[at]) && first[at].k == libc::SECCOMP_RET_ALLOW)
             .collect();
@@ -387,7 +390,7 @@ mod tests {
         for (at, insn) in chained[..first_len].iter().enumerate() {
             if allows.contains(&at) {
                 // BPF_JMP | BPF_JA, relative to the next instruction: onto the second's start.
-                assert_eq!(insn.code, 0x05, "at {at}");
+                assert_eq!(insn.code, BPF_JMP_JA, "at {at}");
                 assert_eq!(at + 1 + insn.k as usize, first_len, "jump at {at}");
             } else {
                 // Everything else, the refusals (EACCES, the wrong-architecture kill)
