@@ -113,7 +113,7 @@ pub fn start(flags: &Flags) -> Result<(), BootstrapError> {
     let record = BundleRecord {
         sandbox_id: grouping.clone(),
         socket: socket.clone(),
-        sandbox_dir: crate::sandbox::sandbox_dir(&config.state_dir, &grouping),
+        sandbox_dir: crate::sandbox::sandbox_dir(&config.state_dir, Path::new(&socket)),
         kind: config.sandbox,
     };
     std::fs::write(
@@ -290,10 +290,9 @@ pub fn delete(flags: &Flags) -> Result<(), BootstrapError> {
             let shim_alive = shim_alive(&bundle, &record.socket);
             if !shim_alive && record.sandbox_id == flags.id {
                 match record.kind {
-                    SandboxKind::Process => crate::sandbox::teardown_process_records(
-                        &record.sandbox_id,
-                        &record.sandbox_dir,
-                    ),
+                    SandboxKind::Process => {
+                        crate::sandbox::teardown_process_records(&record.sandbox_dir)
+                    }
                     // The VM ran inside the dead shim process: only files remain.
                     SandboxKind::Vm => crate::cleanup::remove_tree(&record.sandbox_dir),
                 }

@@ -124,7 +124,7 @@ impl Inner {
             .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e))?;
         let spec = SandboxSpec {
             id,
-            dir: sandbox::sandbox_dir(&self.config.state_dir, id),
+            dir: sandbox::sandbox_dir(&self.config.state_dir, &self.socket),
             config: &self.config,
             init: InitData::new(settings.policy),
             vcpus: settings.vcpus.unwrap_or(self.config.vm.vcpus),
@@ -341,7 +341,7 @@ impl Task for TaskService {
                 crate::network::netns_path(&oci_spec),
             )
             .await?;
-        let scratch = sandbox::sandbox_dir(&this.config.state_dir, &pod.sandbox_id).join("build");
+        let scratch = sandbox::sandbox_dir(&this.config.state_dir, &this.socket).join("build");
         let created = this
             .create_container(&sandbox, &req, &oci_spec, &scratch)
             .await;
@@ -674,6 +674,7 @@ impl Task for TaskService {
             .get(&req.id)
             .and_then(|c| c.procs.get(&req.exec_id))
             .ok_or_else(|| not_found(&format!("process {}/{}", req.id, req.exec_id)))?;
+        tracing::debug!(container = %req.id, exec = %req.exec_id, stdin = req.stdin, "CloseIO");
         if req.stdin {
             // containerd's client closed its end; a copy still waiting to open the fifo is
             // released so the process sees end of file.

@@ -19,7 +19,10 @@ use crate::config::{Config, SandboxKind};
 use crate::policy::InitData;
 use crate::rootfs::Image;
 
-pub use process::{teardown_from_records as teardown_process_records, ProcessSandbox};
+pub use process::{
+    cgroup_name as process_cgroup_name, teardown_from_records as teardown_process_records,
+    ProcessSandbox,
+};
 pub use vm::{VmPlan, VmSandbox};
 
 /// vsock port the agent listens on in the guest.
@@ -55,11 +58,14 @@ pub enum SandboxError {
     Full(u32),
 }
 
-/// The per-sandbox directory under `state_dir`: named by a digest of the id, because CRI ids
-/// are 64 characters and the sockets inside must fit a Unix socket path (108 bytes).
-pub fn sandbox_dir(state_dir: &Path, id: &str) -> PathBuf {
+/// The per-sandbox directory under `state_dir`, named by a digest of the shim's socket path.
+/// That path is containerd's own name for the sandbox (a digest of containerd's address, the
+/// namespace and the sandbox id), so two containerds, or two namespaces, that use one id get
+/// two directories. A digest because CRI ids are 64 characters and the sockets inside must
+/// fit a Unix socket path (108 bytes).
+pub fn sandbox_dir(state_dir: &Path, shim_socket: &Path) -> PathBuf {
     use sha2::{Digest, Sha256};
-    let digest = hex::encode(&Sha256::digest(id.as_bytes())[..10]);
+    let digest = hex::encode(&Sha256::digest(shim_socket.as_os_str().as_encoded_bytes())[..10]);
     state_dir.join(digest)
 }
 
@@ -231,9 +237,11 @@ mod tests {
 
     #[test]
     fn sandbox_dirs_are_short_and_distinct() {
-        let a = sandbox_dir(Path::new("/run/veil-shim"), &"a".repeat(64));
-        let b = sandbox_dir(Path::new("/run/veil-shim"), &"b".repeat(64));
+        let state = Path::new("/run/veil-shim");
+        let a = sandbox_dir(state, Path::new("/run/containerd/s/1f0e"));
+        let b = sandbox_dir(state, Path::new("/run/containerd/s/1f0f"));
         assert_ne!(a, b);
         assert_eq!(a.file_name().unwrap().len(), 20);
+        assert_eq!(a, sandbox_dir(state, Path::new("/run/containerd/s/1f0e")));
     }
 }

@@ -42,9 +42,10 @@ impl ProcessSandbox {
         let socket = spec.dir.join("agent.sock");
         let state = spec.dir.join("agent-state");
         create_dir(&state, "creating agent state directory")?;
-        let cgroup = sandbox_cgroup(spec.id);
+        let cgroup = sandbox_cgroup(&spec.dir);
         tracing::warn!(
             sandbox = spec.id,
+            cgroup = ?cgroup,
             agent = %agent_bin.display(),
             "INSECURE process sandbox starting: veil-agent runs on the host, containers are NOT isolated in a VM"
         );
@@ -253,9 +254,9 @@ async fn teardown(
 
 /// What the `delete` action does for a sandbox whose shim died: the same teardown, from the
 /// records on disk.
-pub fn teardown_from_records(id: &str, dir: &Path) {
+pub fn teardown_from_records(dir: &Path) {
     if let Some(cg) = cgroup_mount() {
-        let cg = cg.join(format!("{CGROUP_PREFIX}{id}"));
+        let cg = cg.join(cgroup_name(dir));
         crate::cleanup::kill_cgroup(&cg);
         for v1 in v1_copies(&cg) {
             crate::cleanup::kill_cgroup(&v1);
@@ -274,10 +275,20 @@ pub fn teardown_from_records(id: &str, dir: &Path) {
     crate::cleanup::remove_tree(dir);
 }
 
-/// `<cgroup2 mount>/veil-sandbox-<id>/agent`, created; `None` (logged) without cgroup v2.
-fn sandbox_cgroup(id: &str) -> Option<PathBuf> {
+/// The sandbox's cgroup, named like its directory (`sandbox_dir`): unique per containerd,
+/// namespace and sandbox id, where the id alone is not.
+pub fn cgroup_name(sandbox_dir: &Path) -> String {
+    let digest = sandbox_dir
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy();
+    format!("{CGROUP_PREFIX}{digest}")
+}
+
+/// `<cgroup2 mount>/veil-sandbox-<digest>/agent`, created; `None` (logged) without cgroup v2.
+fn sandbox_cgroup(sandbox_dir: &Path) -> Option<PathBuf> {
     let root = cgroup_mount()?;
-    let dir = root.join(format!("{CGROUP_PREFIX}{id}"));
+    let dir = root.join(cgroup_name(sandbox_dir));
     match std::fs::create_dir_all(dir.join("agent")) {
         Ok(()) => Some(dir),
         Err(e) => {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use containerd_shim_veil_v2::sandbox;
 use sha2::{Digest, Sha256};
 
 pub const RUNTIME: &str = "io.containerd.veil.v2";
@@ -426,22 +427,24 @@ state = "{state}"
                 if socket.exists() {
                     left.push(format!("socket {}", socket.display()));
                 }
-            }
-            if let Some(cg) = cgroup2_mount() {
-                let dir = cg.join(format!("veil-sandbox-{id}"));
-                if dir.exists() {
-                    left.push(format!("cgroup {}", dir.display()));
+                let dir = sandbox::sandbox_dir(&self.shim_state, &socket);
+                let cgroup = sandbox::process_cgroup_name(&dir);
+                if let Some(cg) = cgroup2_mount() {
+                    let dir = cg.join(&cgroup);
+                    if dir.exists() {
+                        left.push(format!("cgroup {}", dir.display()));
+                    }
                 }
-            }
-            // Hybrid hosts: the v1 hierarchies' copies (/sys/fs/cgroup/<controller>/...).
-            for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let dir = hierarchy.path().join(format!("veil-sandbox-{id}"));
-                if dir.is_dir() {
-                    left.push(format!("cgroup {}", dir.display()));
+                // Hybrid hosts: the v1 hierarchies' copies (/sys/fs/cgroup/<controller>/...).
+                for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let dir = hierarchy.path().join(&cgroup);
+                    if dir.is_dir() {
+                        left.push(format!("cgroup {}", dir.display()));
+                    }
                 }
             }
         }
