@@ -24,7 +24,7 @@ use veil_agent::protocols::agent;
 use crate::annotations::{self, Role};
 use crate::config::Config;
 use crate::events::Events;
-use crate::io::{Copies, StdioPaths};
+use crate::io::{Copies, OutputFifos, StdioPaths};
 use crate::policy::InitData;
 use crate::rootfs::{ImageCache, Layers, SnapshotMount};
 use crate::sandbox::{self, ctx, Sandbox, SandboxSpec};
@@ -239,9 +239,10 @@ impl Inner {
         id: &str,
         exec_id: &str,
         stdio: &StdioPaths,
+        outputs: OutputFifos,
     ) {
         let agent_id = agent_exec_id(id, exec_id).to_string();
-        let mut copies = Copies::start(sandbox.agent(), id, &agent_id, stdio);
+        let mut copies = Copies::start(sandbox.agent(), id, &agent_id, stdio, outputs);
         let this = self.clone();
         let sandbox = sandbox.clone();
         let (id, exec_id) = (id.to_string(), exec_id.to_string());
@@ -413,7 +414,12 @@ impl Task for TaskService {
         }
         proc.phase = Phase::Running;
         let stdio = proc.stdio.clone();
-        this.watch_process(&sandbox, &req.id, &req.exec_id, &stdio);
+        // Taken only here, when the process leaves Created.
+        let outputs = proc
+            .outputs
+            .take()
+            .unwrap_or_else(|| OutputFifos::open(&stdio));
+        this.watch_process(&sandbox, &req.id, &req.exec_id, &stdio, outputs);
         let pid = sandbox.pid();
         drop(pod);
         if req.exec_id.is_empty() {

@@ -6,7 +6,7 @@ use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use tokio::sync::watch;
 use veil_agent::protocols::oci;
 
-use crate::io::StdioPaths;
+use crate::io::{OutputFifos, StdioPaths};
 
 /// Exit status reported when a process's fate is unknown because its sandbox died.
 pub const SANDBOX_DIED_STATUS: u32 = 255;
@@ -29,6 +29,8 @@ pub struct Exit {
 /// One process: a container's init (`exec_id` empty for containerd) or an exec.
 pub struct Proc {
     pub stdio: StdioPaths,
+    /// The output fifos' writing ends, opening since create/exec; taken at start.
+    pub outputs: Option<OutputFifos>,
     /// An exec's process spec, until it starts.
     pub exec_spec: Option<oci::Process>,
     pub phase: Phase,
@@ -36,8 +38,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// A process as containerd creates it; must be called within the tokio runtime (the
+    /// output fifos start opening).
     pub fn new(stdio: StdioPaths, exec_spec: Option<oci::Process>) -> Self {
         Self {
+            outputs: Some(OutputFifos::open(&stdio)),
             stdio,
             exec_spec,
             phase: Phase::Created,
@@ -90,8 +95,8 @@ pub fn agent_exec_id<'a>(container_id: &'a str, exec_id: &'a str) -> &'a str {
 mod tests {
     use super::*;
 
-    #[test]
-    fn first_exit_wins() {
+    #[tokio::test]
+    async fn first_exit_wins() {
         let mut p = Proc::new(StdioPaths::default(), None);
         let rx = p.exit_tx.subscribe();
         let first = p.set_exit(7);

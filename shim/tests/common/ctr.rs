@@ -37,7 +37,13 @@ pub fn exit_code_reaches_ctr(c: &Containerd) {
 pub fn cat_echoes_stdin(c: &Containerd) {
     let out = c.ctr_run("cat1", &["cat"], Some(b"ping\npong\n"));
     assert!(out.status.success(), "{}\n{}", describe(&out), c.log_text());
-    assert_eq!(stdout_of(&out), "ping\npong\n");
+    assert_eq!(
+        stdout_of(&out),
+        "ping\npong\n",
+        "{}\n{}",
+        describe(&out),
+        c.log_text()
+    );
     c.assert_clean(&["cat1"]);
 }
 
