@@ -146,6 +146,15 @@ impl PodVm {
 
 impl Drop for PodVm {
     fn drop(&mut self) {
+        // A test that failed on an agent call (a dropped connection, say) has not shown the
+        // guest's side: show it here.
+        if std::thread::panicking() {
+            eprintln!(
+                "--- pod guest console (VM running: {})\n{}",
+                self.running(),
+                self.console.text()
+            );
+        }
         if let Some(run) = self.run.take() {
             self.stop.stop();
             let _ = run.join();
