@@ -305,7 +305,6 @@ pub async fn wait_status(client: &AgentClient, id: &str, exec_id: &str) -> i32 {
         .status
 }
 
-/// Removes container `id`, which must succeed.
 /// Creates and starts a container, naming it in any failure.
 pub async fn start_container(client: &AgentClient, create: &agent::CreateContainerRequest) {
     client
@@ -322,6 +321,7 @@ pub async fn start_container(client: &AgentClient, create: &agent::CreateContain
         .unwrap_or_else(|e| panic!("start {}: {e:?}", create.container_id));
 }
 
+/// Removes container `id`, which must succeed.
 pub async fn remove_container(client: &AgentClient, id: &str) {
     let mut remove = agent::RemoveContainerRequest::new();
     remove.container_id = id.into();
