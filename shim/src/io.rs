@@ -66,7 +66,7 @@ impl Drop for OutputFifos {
     fn drop(&mut self) {
         for fifo in &self.0 {
             if !fifo.open.is_finished() {
-                release_fifo_writer(&fifo.path);
+                release_fifo(&fifo.path, Blocked::Writer);
             }
         }
     }
@@ -142,7 +142,7 @@ impl Copies {
 
     /// Releases a stdin copy still waiting for containerd's client to open the fifo.
     pub fn release_stdin(&self) {
-        release_fifo_reader(&self.stdin_path);
+        release_fifo(&self.stdin_path, Blocked::Reader);
     }
 }
 
@@ -275,26 +275,24 @@ fn copy_in(
     }
 }
 
-/// Opens and closes the reading end of fifo `path` without blocking: a writer blocked in
-/// open returns (and its writes then fail). Does nothing when no writer waits.
-fn release_fifo_writer(path: &str) {
-    if path.is_empty() {
-        return;
-    }
-    let _ = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path);
+/// The end of a fifo whose open, blocked until the other end opens, a release unblocks.
+#[derive(Debug, Clone, Copy)]
+pub enum Blocked {
+    /// A reader: it returns and then reads end of file.
+    Reader,
+    /// A writer: it returns, and its writes then fail.
+    Writer,
 }
 
-/// Opens and closes the writing end of fifo `path` without blocking: a reader blocked in
-/// open returns and then reads end of file. Does nothing when no reader waits.
-pub fn release_fifo_reader(path: &str) {
+/// Opens and closes the other end of fifo `path` without blocking, so a `blocked` open of
+/// it returns. Does nothing when no such open waits.
+pub fn release_fifo(path: &str, blocked: Blocked) {
     if path.is_empty() {
         return;
     }
     let _ = std::fs::OpenOptions::new()
-        .write(true)
+        .read(matches!(blocked, Blocked::Writer))
+        .write(matches!(blocked, Blocked::Reader))
         .custom_flags(libc::O_NONBLOCK)
         .open(path);
 }
@@ -380,20 +378,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_writer_waiting_for_a_reader_is_released() {
+    async fn a_blocked_reader_or_writer_is_released() {
         let dir = tempfile::tempdir().unwrap();
         let paths = paths(dir.path());
-        let path = paths.stdout.clone();
-        let writer =
-            tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).open(path));
-        // Until the writer's open is under way, a release finds nothing to release; repeat.
-        let released = tokio::time::timeout(OPEN_BOUND, async {
-            while !writer.is_finished() {
-                release_fifo_writer(&paths.stdout);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
-        assert!(released.is_ok(), "the blocked open returned");
+        for (path, blocked) in [
+            (paths.stdout.clone(), Blocked::Writer),
+            (paths.stderr.clone(), Blocked::Reader),
+        ] {
+            let opening = path.clone();
+            let open = tokio::task::spawn_blocking(move || {
+                std::fs::OpenOptions::new()
+                    .read(matches!(blocked, Blocked::Reader))
+                    .write(matches!(blocked, Blocked::Writer))
+                    .open(opening)
+            });
+            // Until the open is under way, a release finds nothing to release; repeat.
+            let released = tokio::time::timeout(OPEN_BOUND, async {
+                while !open.is_finished() {
+                    release_fifo(&path, blocked);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+            assert!(released.is_ok(), "the blocked {blocked:?} open returned");
+        }
     }
 }

@@ -684,7 +684,7 @@ impl Task for TaskService {
         if req.stdin {
             // containerd's client closed its end; a copy still waiting to open the fifo is
             // released so the process sees end of file.
-            crate::io::release_fifo_reader(&proc.stdio.stdin);
+            crate::io::release_fifo(&proc.stdio.stdin, crate::io::Blocked::Reader);
         }
         Ok(Empty::new())
     }
