@@ -102,12 +102,13 @@ pub struct Copies {
 
 impl Copies {
     /// Starts copying for process `exec_id` of container `cid` (the init process has
-    /// `exec_id == cid` in the agent) into `outputs`, opened from `paths` at create.
+    /// `exec_id == cid` in the agent): its output into `outputs` (opening since create), and
+    /// the fifo `stdin` (empty: none) into its stdin.
     pub fn start(
         client: &AgentClient,
         cid: &str,
         exec_id: &str,
-        paths: &StdioPaths,
+        stdin: &str,
         mut outputs: OutputFifos,
     ) -> Self {
         let outputs = std::mem::take(&mut outputs.0)
@@ -121,15 +122,15 @@ impl Copies {
                 ))
             })
             .collect();
-        if !paths.stdin.is_empty() {
+        if !stdin.is_empty() {
             let client = client.clone();
-            let (cid, exec_id, path) = (cid.to_string(), exec_id.to_string(), paths.stdin.clone());
+            let (cid, exec_id, path) = (cid.to_string(), exec_id.to_string(), stdin.to_string());
             let handle = tokio::runtime::Handle::current();
             std::thread::spawn(move || copy_in(handle, client, cid, exec_id, path));
         }
         Self {
             outputs,
-            stdin_path: paths.stdin.clone(),
+            stdin_path: stdin.to_string(),
         }
     }
 

@@ -72,6 +72,8 @@ struct Inner {
     /// The server's socket, removed before the Shutdown reply: containerd may end the shim
     /// as soon as it has that reply.
     socket: PathBuf,
+    /// The pod sandbox's directory, named after `socket` (`sandbox::sandbox_dir`).
+    sandbox_dir: PathBuf,
 }
 
 impl TaskService {
@@ -82,6 +84,7 @@ impl TaskService {
         socket: PathBuf,
     ) -> Self {
         let images = ImageCache::new(config.image_cache_dir.clone(), config.verity());
+        let sandbox_dir = sandbox::sandbox_dir(&config.state_dir, &socket);
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -90,6 +93,7 @@ impl TaskService {
                 pod: Mutex::new(Pod::default()),
                 shutdown,
                 socket,
+                sandbox_dir,
             }),
         }
     }
@@ -124,7 +128,7 @@ impl Inner {
             .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e))?;
         let spec = SandboxSpec {
             id,
-            dir: sandbox::sandbox_dir(&self.config.state_dir, &self.socket),
+            dir: self.sandbox_dir.clone(),
             config: &self.config,
             init: InitData::new(settings.policy),
             vcpus: settings.vcpus.unwrap_or(self.config.vm.vcpus),
@@ -238,11 +242,11 @@ impl Inner {
         sandbox: &Arc<dyn Sandbox>,
         id: &str,
         exec_id: &str,
-        stdio: &StdioPaths,
+        stdin: &str,
         outputs: OutputFifos,
     ) {
         let agent_id = agent_exec_id(id, exec_id).to_string();
-        let mut copies = Copies::start(sandbox.agent(), id, &agent_id, stdio, outputs);
+        let mut copies = Copies::start(sandbox.agent(), id, &agent_id, stdin, outputs);
         let this = self.clone();
         let sandbox = sandbox.clone();
         let (id, exec_id) = (id.to_string(), exec_id.to_string());
@@ -342,7 +346,7 @@ impl Task for TaskService {
                 crate::network::netns_path(&oci_spec),
             )
             .await?;
-        let scratch = sandbox::sandbox_dir(&this.config.state_dir, &this.socket).join("build");
+        let scratch = this.sandbox_dir.join("build");
         let created = this
             .create_container(&sandbox, &req, &oci_spec, &scratch)
             .await;
@@ -413,13 +417,13 @@ impl Task for TaskService {
                 .map_err(|e| agent_err("ExecProcess", e))?;
         }
         proc.phase = Phase::Running;
-        let stdio = proc.stdio.clone();
         // Taken only here, when the process leaves Created.
         let outputs = proc
             .outputs
             .take()
-            .unwrap_or_else(|| OutputFifos::open(&stdio));
-        this.watch_process(&sandbox, &req.id, &req.exec_id, &stdio, outputs);
+            .unwrap_or_else(|| OutputFifos::open(&proc.stdio));
+        let stdin = proc.stdio.stdin.clone();
+        this.watch_process(&sandbox, &req.id, &req.exec_id, &stdin, outputs);
         let pid = sandbox.pid();
         drop(pod);
         if req.exec_id.is_empty() {
