@@ -222,8 +222,8 @@ impl L1Command {
             }
             // L1 as a whole (or the 9p link everything in it reads and writes through) stops
             // now and then under QEMU's TCG, mid-command, with nothing on its console: seen in
-            // about 1 run in 30 of the nested pod test. Waiting out the command's limit would
-            // only fail the run much later; it runs once more instead.
+            // 2 of 86 runs of the nested pod test. Waiting out the command's limit would only
+            // fail the run much later; it runs once more instead.
             Err(error @ NestedError::Frozen { .. }) => {
                 eprintln!("nested harness: {error}\nrunning it once more");
                 self.boot(&qemu, &image)
@@ -371,8 +371,6 @@ fn silence(
     (silent > limit).then_some(silent)
 }
 
-/// Whether L1's console (its kernel's messages only: `quiet`, and the command's output goes
-/// to files) shows its own kernel failing.
 /// QEMU ended by itself (status 0, so not our timeout's kill) without L1's kernel shutting
 /// down (no `reboot:` line): L1 reset under QEMU's `-no-reboot`, a triple fault of the
 /// emulated machine that leaves nothing on the console. The command was cut short by it.
@@ -380,6 +378,8 @@ fn l1_reset_itself(qemu_status: &str, console: &str) -> bool {
     qemu_status == "exit status: 0" && !console.contains("reboot: ")
 }
 
+/// Whether L1's console (its kernel's messages only: `quiet`, and the command's output goes
+/// to files) shows its own kernel failing.
 fn l1_kernel_failed(console: &str) -> bool {
     ["Oops:", "BUG:", "Kernel panic"]
         .iter()
