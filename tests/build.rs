@@ -15,6 +15,7 @@ const GUESTS: &[&str] = &[
     "virtio_vsock",
     "boot_timer",
     "panic_reset",
+    "reset_fallback",
     "blk_fault",
     "mmio_storm",
 ];

@@ -33,6 +33,9 @@ pub enum Guest {
     /// Sets the BIOS warm-reset flag and resets, as Linux does after a panic under
     /// `reboot=panic_warm`.
     PanicReset,
+    /// Resets through the i8042, then prints `ran past the reset` and triple-faults (Linux's
+    /// fallback when a reset does not take at once).
+    ResetFallback,
     /// Sets up the first virtio-blk disk, prints `fault ready`, waits for a byte on the
     /// serial console (the host breaks the backing file meanwhile), then reads, writes
     /// (`blk.write_kib=K`), flushes and reads again, reporting each status. See
@@ -56,6 +59,7 @@ impl Guest {
             Guest::VirtioVsock => env!("VEIL_GUEST_VIRTIO_VSOCK"),
             Guest::BootTimer => env!("VEIL_GUEST_BOOT_TIMER"),
             Guest::PanicReset => env!("VEIL_GUEST_PANIC_RESET"),
+            Guest::ResetFallback => env!("VEIL_GUEST_RESET_FALLBACK"),
             Guest::BlkFault => env!("VEIL_GUEST_BLK_FAULT"),
             Guest::MmioStorm => env!("VEIL_GUEST_MMIO_STORM"),
         })

@@ -166,7 +166,8 @@ pub struct VcpuShared {
     pub exit: ExitLatch,
     /// Private <-> shared page conversion, for an SEV-SNP guest.
     pub page_converter: Option<PageConverter>,
-    pub stopping: AtomicBool,
+    /// Set by the VMM when the VM ends, and by a guest's reset request.
+    pub stopping: Arc<AtomicBool>,
     pub first_run: OnceLock<Instant>,
 }
 

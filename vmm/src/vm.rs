@@ -244,7 +244,12 @@ impl Vm {
         let mut pio = Bus::new();
         pio.insert(serial.clone(), serial::COM1_PORT, serial::PORT_LEN)
             .expect("empty bus");
-        let i8042 = Arc::new(Mutex::new(ResetController::new(reset.try_clone()?)));
+        // A guest reset stops the vCPUs at their next exit, before the event loop ends the VM.
+        let stopping = Arc::new(AtomicBool::new(false));
+        let i8042 = Arc::new(Mutex::new(ResetController::new(
+            reset.try_clone()?,
+            stopping.clone(),
+        )));
         pio.insert(i8042, i8042::I8042_PORT, i8042::PORT_LEN)
             .expect("disjoint from COM1");
 
@@ -253,7 +258,7 @@ impl Vm {
             mmio,
             exit: ExitLatch::new()?,
             page_converter,
-            stopping: AtomicBool::new(false),
+            stopping,
             first_run: OnceLock::new(),
         });
         Ok(Self {
