@@ -148,7 +148,8 @@ impl Drop for PodVm {
     fn drop(&mut self) {
         // A test that failed on an agent call (a dropped connection, say) has not shown the
         // guest's side: show it here.
-        if std::thread::panicking() {
+        let panicking = std::thread::panicking();
+        if panicking {
             eprintln!(
                 "--- pod guest console (VM running: {})\n{}",
                 self.running(),
@@ -156,8 +157,17 @@ impl Drop for PodVm {
             );
         }
         if let Some(run) = self.run.take() {
+            // How a VM that ended by itself ended (a crash shows its registers).
+            let ended = run.is_finished();
             self.stop.stop();
-            let _ = run.join();
+            let outcome = run.join();
+            if panicking && ended {
+                match outcome {
+                    Ok(Ok(outcome)) => eprintln!("--- the pod VM ended: {}", outcome.exit),
+                    Ok(Err(e)) => eprintln!("--- the pod VM failed: {e}"),
+                    Err(_) => eprintln!("--- the pod VM's thread panicked"),
+                }
+            }
         }
     }
 }
