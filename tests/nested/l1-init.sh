@@ -87,8 +87,17 @@ for cpu in $others; do echo 1 >"$cpu/online" 2>/dev/null; done
 
 # A heartbeat the harness watches (tests/src/nested.rs): L1, or the 9p link to the scratch
 # directory, now and then stops under QEMU's TCG with nothing on the console; the harness
-# then runs the command again instead of waiting out its limit.
-(while :; do : >"/host$scratch/l1-heartbeat"; sleep 2; done) &
+# then runs the command again instead of waiting out its limit. Every 5 s, and with no program
+# started (a `read` that times out on a FIFO nobody writes, not `sleep`): L1's emulated CPUs
+# are the nested guests' too.
+mkfifo /heartbeat-wait
+(
+    exec 3<>/heartbeat-wait
+    while :; do
+        : >"/host$scratch/l1-heartbeat"
+        read -t 5 -u 3 _
+    done
+) &
 echo "veil-l1: ready" >/dev/console
 chroot /host /usr/bin/env -i \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \

@@ -345,10 +345,10 @@ impl L1Command {
     }
 }
 
-/// The file L1's init touches every 2 s once it is ready (`tests/nested/l1-init.sh`).
+/// The file L1's init touches every 5 s once it is ready (`tests/nested/l1-init.sh`).
 const HEARTBEAT_FILE: &str = "l1-heartbeat";
 /// How long the heartbeat may be silent before L1 counts as frozen. Under load L1 took up
-/// to 24 s to boot here; a running L1 touches the file every 2 s.
+/// to 24 s to boot here; a running L1 touches the file every 5 s.
 const HEARTBEAT_LIMIT: Duration = Duration::from_secs(60);
 /// How long L1 may take to start beating at all.
 const FIRST_BEAT_LIMIT: Duration = Duration::from_secs(180);
