@@ -286,16 +286,20 @@ impl L1Command {
             .spawn()
             .map_err(io_error(qemu))?;
 
+        // Kills QEMU and returns the console's tail, for an L1 given up on.
+        let give_up = |child: &mut std::process::Child| {
+            let _ = child.kill();
+            let _ = child.wait();
+            tail(&read_lossy(&console_path), 60)
+        };
         let qemu_status = loop {
             if let Some(status) = child.try_wait().map_err(io_error(qemu))? {
                 break status;
             }
             if started.elapsed() > self.timeout {
-                let _ = child.kill();
-                let _ = child.wait();
                 return Err(NestedError::Timeout {
                     limit: self.timeout,
-                    console: tail(&read_lossy(&console_path), 60),
+                    console: give_up(&mut child),
                 });
             }
             let beat = std::fs::metadata(&heartbeat)
@@ -307,11 +311,9 @@ impl L1Command {
                 started.elapsed(),
                 self.heartbeat_limit,
             ) {
-                let _ = child.kill();
-                let _ = child.wait();
                 return Err(NestedError::Frozen {
                     silent,
-                    console: tail(&read_lossy(&console_path), 60),
+                    console: give_up(&mut child),
                 });
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -411,6 +413,18 @@ pub fn missing_prerequisite() -> Option<String> {
         .then(|| "qemu-system-x86_64 missing (apt-get install qemu-system-x86)".to_string())
 }
 
+/// Whether this host can run the nested harness. Where it cannot, says why: a failure under
+/// `CI=true`, otherwise a skip (see [`crate::skip_or_fail`]).
+pub fn available_or_skip() -> bool {
+    match missing_prerequisite() {
+        Some(why) => {
+            crate::skip_or_fail(&why);
+            false
+        }
+        None => true,
+    }
+}
+
 /// Runs the calling test again inside L1, or returns `true` when already inside (the caller
 /// then does the real work). On the host it returns `false` after the run in L1 passed,
 /// and panics with L1's output when it failed. When the host lacks QEMU it panics under
@@ -422,8 +436,7 @@ pub fn run_test_in_l1(test: &str, timeout: Duration, env: &[(&str, &str)]) -> bo
     if inside_l1() {
         return true;
     }
-    if let Some(why) = missing_prerequisite() {
-        crate::skip_or_fail(&why);
+    if !available_or_skip() {
         return false;
     }
     let exe = std::env::current_exe().expect("test binary path");

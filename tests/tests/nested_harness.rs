@@ -4,22 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use veil_tests::nested::{missing_prerequisite, L1Command, NestedError};
-
-/// Skips (or fails under `CI=true`) where QEMU is missing.
-fn runnable() -> bool {
-    match missing_prerequisite() {
-        Some(why) => {
-            veil_tests::skip_or_fail(&why);
-            false
-        }
-        None => true,
-    }
-}
+use veil_tests::nested::{available_or_skip, L1Command, NestedError};
 
 #[test]
 fn a_command_runs_in_l1_and_an_l1_that_stops_beating_is_ended_early() {
-    if !runnable() {
+    if !available_or_skip() {
         return;
     }
     let output = L1Command::new("echo hello from L1; exit 3")
