@@ -13,7 +13,7 @@ fn killing_the_agent_ends_the_task_with_an_error_status_and_cleans_up() {
         &["sh", "-c", "echo ready; while :; do sleep 1; done"],
         false,
     );
-    let _rest = read_until_line(&mut run, "ready");
+    let _rest = c.read_until_line(&mut run, "ready");
     let agents = c.our_processes("veil-agent");
     assert_eq!(agents.len(), 1, "one agent for the sandbox: {agents:?}");
     // SAFETY: kill(2) on the agent our test's shim started.
@@ -50,7 +50,7 @@ fn a_killed_shim_is_cleaned_up_by_containerds_delete_call() {
         &["sh", "-c", "echo ready; while :; do sleep 1; done"],
         false,
     );
-    let _rest = read_until_line(&mut run, "ready");
+    let _rest = c.read_until_line(&mut run, "ready");
     let shims = c.our_processes("containerd-shim-veil-v2");
     assert_eq!(shims.len(), 1, "one shim server: {shims:?}");
     // SAFETY: kill(2) on the shim server our test's containerd started.

@@ -74,7 +74,7 @@ fn the_vm_runs_in_a_jail(c: &Containerd) {
         ],
         false,
     );
-    let _rest = read_until_line(&mut run, "ready");
+    let _rest = c.read_until_line(&mut run, "ready");
     let vmm = jailed_vmm(c);
     for task in std::fs::read_dir(format!("/proc/{vmm}/task")).unwrap() {
         let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
@@ -135,7 +135,7 @@ fn killing_the_vmm_ends_the_task_with_an_error_status(c: &Containerd) {
         &["sh", "-c", "echo ready; while :; do sleep 1; done"],
         false,
     );
-    let _rest = read_until_line(&mut run, "ready");
+    let _rest = c.read_until_line(&mut run, "ready");
     let vmm = jailed_vmm(c);
     // SAFETY: kill(2) on the VMM our test's shim started.
     assert_eq!(unsafe { libc::kill(vmm, libc::SIGKILL) }, 0);

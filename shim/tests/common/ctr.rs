@@ -99,7 +99,7 @@ pub fn terminal_has_ctr_size(c: &Containerd) {
 
 pub fn exec_runs_a_second_process_and_kill_stops_the_first(c: &Containerd) {
     let mut run = c.spawn_ctr_run("long1", LONG_RUNNING, false);
-    let mut rest = read_until_line(&mut run, "ready");
+    let mut rest = c.read_until_line(&mut run, "ready");
 
     let exec = c
         .ctr_cmd(NAMESPACE)

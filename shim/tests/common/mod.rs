@@ -342,6 +342,38 @@ state = "{state}"
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Reads `child`'s stdout until a line equal to `want`. If stdout ends first, panics with
+    /// how `child` ended, its stderr and containerd's log (where the shim says why a sandbox
+    /// ended): `ctr run` itself prints nothing when its task just exits.
+    pub fn read_until_line(
+        &self,
+        child: &mut Child,
+        want: &str,
+    ) -> std::io::BufReader<std::process::ChildStdout> {
+        use std::io::{BufRead, Read};
+        let mut reader = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).unwrap();
+            if n == 0 {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                let status = child.wait().map(|s| s.to_string());
+                panic!(
+                    "stdout ended before {want:?}; the child: {status:?}; stderr: {err}\n\
+                     --- containerd's log\n{}",
+                    self.log_text()
+                );
+            }
+            if line.trim_end() == want {
+                return reader;
+            }
+        }
+    }
+
     /// `ctr -a <sock> -n <namespace>`.
     pub fn ctr_cmd(&self, namespace: &str) -> Command {
         let mut cmd = Command::new("/usr/bin/ctr");
@@ -555,31 +587,6 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
             .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
             .flatten()
     })
-}
-
-/// Reads `child`'s stdout until a line equal to `want` (panics if it ends first).
-pub fn read_until_line(
-    child: &mut Child,
-    want: &str,
-) -> std::io::BufReader<std::process::ChildStdout> {
-    use std::io::BufRead;
-    let mut reader = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).unwrap();
-        if n == 0 {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!("stdout ended before {want:?}; stderr: {err}");
-        }
-        if line.trim_end() == want {
-            return reader;
-        }
-    }
 }
 
 pub fn stdout_of(out: &Output) -> String {
