@@ -60,7 +60,8 @@ hostname veil-l1
 # places; under QEMU's multi-threaded TCG another vCPU can then still run the int3 of a
 # finished patch, and L1 oopses ("Oops: int3" at __schedule, seen in the nested benchmark and
 # tests). Without a second CPU online nothing can race the patch, and with the VM held the
-# keys never flip back, however many VMs the command starts and stops.
+# keys never flip back, however many VMs the command starts and stops. (L1 has one CPU unless
+# the harness is asked for more; with one, there is nothing to take offline.)
 held=/run/veil-l1-kvm-held
 others=$(ls -d /sys/devices/system/cpu/cpu[1-9]* 2>/dev/null)
 for cpu in $others; do echo 0 >"$cpu/online" 2>/dev/null; done

@@ -140,6 +140,17 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// L1's CPUs unless a command asks for more: one. With two, QEMU 7.2's multi-threaded TCG
+/// (a host thread per emulated CPU) corrupts state under nested paging: with a two-vCPU guest
+/// in L1 starting programs as fast as it can, L1 went down within three minutes in each of six
+/// boots (an oops in a vCPU thread just after a VM exit, "stack guard page was hit" in
+/// `error_entry`, or a reset that printed nothing), and where L1 lived the guest itself ended
+/// in a triple fault: the rare triple faults of pod guests in the nested tests, which came at
+/// moments of heavy page-table change. With one CPU, QEMU runs L1 on one thread, and the same
+/// load ran 8 rounds of two minutes clean, at about half the speed
+/// (`a_two_vcpu_guest_churning_page_tables_keeps_itself_and_l1_up` in `veil/tests/`).
+pub const DEFAULT_CPUS: u32 = 1;
+
 /// A command to run in L1, with its limits.
 #[derive(Debug)]
 pub struct L1Command {
@@ -164,7 +175,7 @@ impl L1Command {
             timeout: Duration::from_secs(600),
             heartbeat_limit: HEARTBEAT_LIMIT,
             memory_mib: 3072,
-            cpus: 2,
+            cpus: DEFAULT_CPUS,
             scratch,
         })
     }
@@ -187,7 +198,7 @@ impl L1Command {
         self
     }
 
-    /// L1's CPUs (default 2: QEMU's multi-threaded TCG runs one host thread per CPU).
+    /// L1's CPUs (default [`DEFAULT_CPUS`], which says why more are a risk).
     pub fn cpus(mut self, cpus: u32) -> Self {
         self.cpus = cpus;
         self

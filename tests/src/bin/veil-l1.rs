@@ -22,8 +22,9 @@ struct Args {
     /// L1's memory.
     #[arg(long, default_value_t = 3072, value_name = "MIB")]
     memory_mib: u32,
-    /// L1's CPUs.
-    #[arg(long, default_value_t = 2)]
+    /// L1's CPUs (more than one risks L1 itself under QEMU's multi-threaded TCG: see
+    /// `veil_tests::nested::DEFAULT_CPUS`).
+    #[arg(long, default_value_t = veil_tests::nested::DEFAULT_CPUS)]
     cpus: u32,
     /// Print L1's console (its kernel log) after the command's output.
     #[arg(long)]
