@@ -357,13 +357,30 @@ state = "{state}"
             line.clear();
             let n = reader.read_line(&mut line).unwrap();
             if n == 0 {
+                // Bounded: a child that closed stdout may still be running (then it is killed,
+                // so that its stderr ends too).
+                let mut status = None;
+                for _ in 0..100 {
+                    status = child.try_wait().ok().flatten();
+                    if status.is_some() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let ended = match status {
+                    Some(s) => s.to_string(),
+                    None => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        "still running 10 s after closing stdout (killed)".to_string()
+                    }
+                };
                 let mut err = String::new();
                 if let Some(mut e) = child.stderr.take() {
                     let _ = e.read_to_string(&mut err);
                 }
-                let status = child.wait().map(|s| s.to_string());
                 panic!(
-                    "stdout ended before {want:?}; the child: {status:?}; stderr: {err}\n\
+                    "stdout ended before {want:?}; the child: {ended}; stderr: {err}\n\
                      --- containerd's log\n{}",
                     self.log_text()
                 );
