@@ -142,8 +142,8 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
 
 /// L1's CPUs unless a command asks for more: one. With two, QEMU 7.2's multi-threaded TCG
 /// (a host thread per emulated CPU) corrupts state under nested paging: with a two-vCPU guest
-/// in L1 starting programs as fast as it can, L1 went down within three minutes in each of six
-/// boots (an oops in a vCPU thread just after a VM exit, "stack guard page was hit" in
+/// in L1 starting programs as fast as it can, L1 went down within three minutes in each of
+/// seven boots (an oops in a vCPU thread just after a VM exit, "stack guard page was hit" in
 /// `error_entry`, or a reset that printed nothing), and where L1 lived the guest itself ended
 /// in a triple fault: the rare triple faults of pod guests in the nested tests, which came at
 /// moments of heavy page-table change. With one CPU, QEMU runs L1 on one thread, and the same
