@@ -87,17 +87,18 @@ impl Finished {
 
 /// Spawns `cmd` (stdin closed, output captured) and waits at most `limit`, killing it then.
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Finished {
-    let child = cmd
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    wait_bounded(child, limit)
+    wait_bounded(&mut child, limit)
 }
 
 /// Waits at most `limit` for a child spawned with piped stdout and stderr, killing it then.
-pub fn wait_bounded(mut child: Child, limit: Duration) -> Finished {
+/// A pipe already taken from `child` reads as empty.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> Finished {
     let started = Instant::now();
     let pipe_reader = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {

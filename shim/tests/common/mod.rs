@@ -350,38 +350,24 @@ state = "{state}"
         child: &mut Child,
         want: &str,
     ) -> std::io::BufReader<std::process::ChildStdout> {
-        use std::io::{BufRead, Read};
+        use std::io::BufRead;
         let mut reader = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
         loop {
             line.clear();
             let n = reader.read_line(&mut line).unwrap();
             if n == 0 {
-                // Bounded: a child that closed stdout may still be running (then it is killed,
+                // Bounded: a child that closed stdout may still be running (it is killed then,
                 // so that its stderr ends too).
-                let mut status = None;
-                for _ in 0..100 {
-                    status = child.try_wait().ok().flatten();
-                    if status.is_some() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                let ended = match status {
-                    Some(s) => s.to_string(),
-                    None => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        "still running 10 s after closing stdout (killed)".to_string()
-                    }
-                };
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
+                let ended = veil_tests::l2::wait_bounded(child, Duration::from_secs(10));
+                let how = ended.status.map_or_else(
+                    || "still running 10 s after closing stdout (killed)".to_string(),
+                    |s| s.to_string(),
+                );
                 panic!(
-                    "stdout ended before {want:?}; the child: {ended}; stderr: {err}\n\
+                    "stdout ended before {want:?}; the child: {how}; stderr: {}\n\
                      --- containerd's log\n{}",
+                    ended.stderr,
                     self.log_text()
                 );
             }
